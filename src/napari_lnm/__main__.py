@@ -1,0 +1,5 @@
+import sys
+
+from napari_lnm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""The ``napari-lnm`` command line: one sub-module per subcommand.
+
+Each module in :data:`SUBCOMMANDS` defines ``add_parser(subparsers)`` which
+registers its parser and sets ``func`` (a callable taking the parsed args and
+returning an exit code).  Errors that are the user's (bad file, bad option)
+are raised as :class:`napari_lnm.errors.UserError` subclasses and printed as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from napari_lnm import __version__
+
+SUBCOMMANDS = ["tile", "extract", "synth", "train", "evaluate", "predict", "train_subtype", "demo", "features_doc"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="napari-lnm",
+        description="Lymph-node metastasis prediction from H&E slides (headless commands).",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-lnm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"napari_lnm.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"napari_lnm.cli.{name}":
+                continue  # subcommand not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``napari-lnm`` command."""
+    from napari_lnm.errors import UserError
+    from napari_lnm.progress import Cancelled
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"napari-lnm {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Cancelled):
+        print(f"napari-lnm {args.command}: cancelled; finished outputs were kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
