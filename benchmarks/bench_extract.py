@@ -1,0 +1,108 @@
+"""Cohort extraction throughput: tiles/s of `extract_cohort` on one synthetic slide, 1 vs 2 workers.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/bench_extract.py [--tiles-y 16 --tiles-x 19] [--dask] [--full]
+
+Makes (or reuses) an all-tissue synthetic slide of tiles_y x tiles_x tiles of
+512 px at 20x (0.5 µm/px) in --work, extracts every tile in-process (workers=1),
+with a spawned 2-process pool (workers=2) and optionally on a local Dask
+cluster of 2 single-thread worker processes, checks the outputs are identical,
+and prints a markdown table with the extrapolation to a 3000-tile slide
+(issue 3 target: <= 2 minutes with 2 workers).  --full also times a real
+3000-tile slide with 2 workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import pandas as pd  # noqa: E402
+
+from napari_lnm.extract import extract_cohort  # noqa: E402
+from napari_lnm.synth import make_large_slide  # noqa: E402
+from napari_lnm.tiling import TilingConfig  # noqa: E402
+
+TILE = 512
+TARGET_TILES, TARGET_S = 3000, 120.0
+
+
+def slide_for(work: Path, ty: int, tx: int) -> Path:
+    """The benchmark slide of ty x tx tiles (cached in ``work``)."""
+    path = work / f"bench_{ty}x{tx}.tif"
+    if not path.exists():
+        t = time.perf_counter()
+        make_large_slide(path, (ty * TILE, tx * TILE), seed=0, label=1, subtype="CMS2")
+        print(f"made {path.name} ({tx * TILE}x{ty * TILE} px) in {time.perf_counter() - t:.0f} s")
+    return path
+
+
+def timed(slide: Path, out: Path, **kw) -> tuple[float, pd.DataFrame]:
+    """Wall time (s) of extracting one slide from scratch, and its table."""
+    if out.exists():
+        shutil.rmtree(out)
+    cohort = pd.DataFrame({"slide_id": [slide.stem], "path": [str(slide)]})
+    cfg = TilingConfig(tile_size=TILE, min_tissue=0.5)
+    t = time.perf_counter()
+    (p,) = extract_cohort(cohort, out, cfg, **kw)
+    return time.perf_counter() - t, pd.read_parquet(p)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiles-y", type=int, default=16)
+    ap.add_argument("--tiles-x", type=int, default=19)
+    ap.add_argument("--work", default="/tmp/napari_lnm_bench_extract")
+    ap.add_argument("--dask", action="store_true", help="also time a local Dask cluster (2 processes)")
+    ap.add_argument("--full", action="store_true", help="also time a real 3000-tile slide with 2 workers")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    slide = slide_for(work, args.tiles_y, args.tiles_x)
+
+    load0 = os.getloadavg()[0]
+    rows = []
+    t1, ref = timed(slide, work / "w1", workers=1)
+    n = len(ref)
+    rows.append(("in-process, workers=1", n, t1))
+    t2, df2 = timed(slide, work / "w2", workers=2)
+    pd.testing.assert_frame_equal(df2, ref)
+    rows.append(("process pool (spawn), workers=2", n, t2))
+    if args.dask:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+                Client(lc) as client:
+            client.wait_for_workers(2)
+            t3, df3 = timed(slide, work / "wd", scheduler=lc.scheduler_address)
+        pd.testing.assert_frame_equal(df3, ref)
+        rows.append(("dask LocalCluster tcp, 2 procs x 1 thread", n, t3))
+    if args.full:
+        big = slide_for(work, 50, 60)
+        tf, dff = timed(big, work / "wf", workers=2)
+        rows.append(("process pool, workers=2, full slide", len(dff), tf))
+
+    print(f"\n{n}-tile synthetic slide ({args.tiles_x * TILE}x{args.tiles_y * TILE} px, 512 px tiles at 20x), "
+          f"{platform.machine()}, {os.cpu_count()} CPUs, {datetime.date.today()}, "
+          f"1-min load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after\n")
+    print("| executor | tiles | wall s | tiles/s | ms/tile | speed-up | 3000-tile slide (extrapolated) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, k, t in rows:
+        rate = k / t
+        print(f"| {name} | {k} | {t:.1f} | {rate:.2f} | {1000 * t / k:.0f} | {t1 / n * k / t:.2f}x | "
+              f"{TARGET_TILES / rate:.0f} s |")
+    rate2 = n / t2
+    verdict = "meets" if TARGET_TILES / rate2 <= TARGET_S else "misses"
+    print(f"\nTarget: a {TARGET_TILES}-tile slide in <= {TARGET_S:.0f} s with 2 workers -> extrapolated "
+          f"{TARGET_TILES / rate2:.0f} s: {verdict} the target on this machine.")
+
+
+if __name__ == "__main__":
+    main()

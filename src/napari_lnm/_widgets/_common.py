@@ -1,0 +1,318 @@
+"""Shared napari-side plumbing: slide layers, ROIs, result-layer replacement, background runs, shared results."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+from qtpy.QtCore import QEvent, QObject, Signal
+from qtpy.QtWidgets import QApplication
+
+from napari_lnm.errors import UserError
+from napari_lnm.progress import Cancelled
+
+from napari_lnm.tissue import polygons_from_napari
+
+from ._layers import world_to_level0
+
+PATH_KEY = "napari_lnm_path"
+MPP_KEY = "mpp"
+AUTO_TISSUE = "auto tissue"
+# fixed names of the result layers: a second run replaces them
+RESULT_NAMES = ("H", "E", "nuclei", "voronoi", "delaunay", "tiles", "key tiles")
+
+
+# ----------------------------------------------------------------------------- slide layers
+def is_result_layer(layer) -> bool:
+    """True for a layer this plugin created as an analysis result."""
+    return bool(layer.metadata.get("napari_lnm_result", False))
+
+
+def slide_layers(viewer) -> list:
+    """Image layers that can be analysed: napari-lnm slides first, then other 2-D RGB(-like) images."""
+    from napari.layers import Image
+
+    ours, other = [], []
+    for layer in viewer.layers:
+        if not isinstance(layer, Image) or is_result_layer(layer):
+            continue
+        (ours if PATH_KEY in layer.metadata else other).append(layer)
+    return ours + other
+
+
+def layer_mpp(layer) -> Optional[float]:
+    """µm/px at level 0 of a slide layer: its metadata, else its napari scale if that is not the default 1."""
+    mpp = layer.metadata.get(MPP_KEY)
+    if mpp:
+        return float(mpp)
+    sc = float(layer.scale[-1])
+    return sc if sc != 1.0 else None
+
+
+def layer_path(layer) -> Optional[str]:
+    """The file behind a slide layer (napari-lnm metadata, else napari's source path)."""
+    p = layer.metadata.get(PATH_KEY)
+    if p:
+        return str(p)
+    src = getattr(getattr(layer, "source", None), "path", None)
+    return str(src) if src else None
+
+
+def _level0_array(layer) -> np.ndarray:
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return np.asarray(data)
+
+
+def slide_file_for(layer, tmpdir: Path) -> str:
+    """A path that io.open_slide can read for this layer: its file, or the in-memory image saved as TIFF in ``tmpdir``."""
+    p = layer_path(layer)
+    if p and Path(p).exists():
+        return p
+    arr = _level0_array(layer)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise UserError(f"layer '{layer.name}': not an RGB image (shape {arr.shape})")
+    if arr.shape[0] * arr.shape[1] > 12000 * 12000:
+        raise UserError(f"layer '{layer.name}': in-memory image too large; open the slide file instead")
+    if arr.dtype != np.uint8:
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = ((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
+    import tifffile
+
+    out = Path(tmpdir) / f"{abs(hash(layer.name))}.tif"
+    tifffile.imwrite(out, np.ascontiguousarray(arr[..., :3]), photometric="rgb")
+    return str(out)
+
+
+def rois_from_shapes(shapes_layer, slide_layer) -> list[np.ndarray]:
+    """Polygons drawn on a Shapes layer as level-0 ``(x, y)`` px arrays of the slide layer."""
+    polys = []
+    for data, kind in zip(shapes_layer.data, shapes_layer.shape_type):
+        if kind in ("line", "path") or len(data) < 3:
+            continue
+        world = np.asarray(data, float)[:, -2:] * np.asarray(shapes_layer.scale)[-2:] + np.asarray(shapes_layer.translate)[-2:]
+        rc = world_to_level0(world, slide_layer.scale, slide_layer.translate)
+        polys.extend(polygons_from_napari([rc]))  # (row, col) -> (x, y), the core's convention
+    if not polys:
+        raise UserError(f"Shapes layer '{shapes_layer.name}': draw at least one polygon or rectangle as the ROI")
+    return polys
+
+
+# ----------------------------------------------------------------------------- result layers
+def replace_layer(viewer, name: str, add: Callable[..., Any], data, **kwargs):
+    """Add a result layer named ``name``, replacing the previous one of that name (keeps its position in the list)."""
+    meta = dict(kwargs.pop("metadata", {}) or {})
+    meta["napari_lnm_result"] = True
+    kwargs.setdefault("units", ("um", "um"))
+    index = None
+    if name in viewer.layers:
+        old = viewer.layers[name]
+        index = viewer.layers.index(old)
+        viewer.layers.remove(old)
+    layer = add(data, name=name, metadata=meta, **kwargs)
+    if index is not None:
+        viewer.layers.move(viewer.layers.index(layer), index)
+    return layer
+
+
+# ----------------------------------------------------------------------------- shared results
+@dataclass
+class AnalysisResult:
+    """The last analysis in a viewer: what Inspect and Export widgets read."""
+
+    prediction: Any
+    bundle: Any
+    slide_path: str
+    mpp0: float
+    work_mpp: float
+    rois: Optional[list] = None
+    model_path: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class _Hub(QObject):
+    changed = Signal(int)  # id(viewer)
+
+
+_HUB: Optional[_Hub] = None
+_RESULTS: dict[int, AnalysisResult] = {}
+
+
+def hub() -> _Hub:
+    """The process-wide signal emitter for result changes."""
+    global _HUB
+    if _HUB is None:
+        _HUB = _Hub()
+    return _HUB
+
+
+def set_result(viewer, result: Optional[AnalysisResult]) -> None:
+    """Publish (or clear) the analysis result of ``viewer``."""
+    key = id(viewer)
+    if result is None:
+        _RESULTS.pop(key, None)
+    else:
+        if key not in _RESULTS:
+            weakref.finalize(viewer, _RESULTS.pop, key, None)
+        _RESULTS[key] = result
+    hub().changed.emit(key)
+
+
+def get_result(viewer) -> Optional[AnalysisResult]:
+    """The last analysis result of ``viewer``, if any."""
+    return _RESULTS.get(id(viewer))
+
+
+# ----------------------------------------------------------------------------- background runs
+class Runner(QObject):
+    """Runs one core call in a napari thread worker with progress and cooperative cancel.
+
+    ``job(progress, should_stop)`` runs off the GUI thread; ``progress`` emits the
+    ``progressed`` signal (queued to the GUI thread), ``should_stop`` reads a
+    ``threading.Event`` that :meth:`cancel` sets.
+    """
+
+    progressed = Signal(int, int, str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._stop = threading.Event()
+        self._worker = None
+        self._done = threading.Event()
+        self._done.set()
+        self._live = {"on": True}
+
+    @property
+    def running(self) -> bool:
+        """True while a job is in flight."""
+        return not self._done.is_set()
+
+    def start(self, job: Callable, on_done: Callable[[Any], None], on_error: Callable[[BaseException], None],
+              on_cancelled: Callable[[], None], on_finished: Callable[[], None] = lambda: None) -> None:
+        """Start ``job`` in a worker thread; exactly one of the callbacks runs in the GUI thread at the end."""
+        from napari.qt.threading import create_worker
+
+        if self.running:
+            raise UserError("a run is already in progress; cancel it first")
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._live = live = {"on": True}  # cleared by detach(): the widget is gone, skip its callbacks
+        stop, done = self._stop, self._done
+        emit = self.progressed.emit
+        cancelled = object()
+
+        def report(d, t, m=""):
+            if live["on"]:
+                emit(int(d), int(t), str(m))
+
+        def body():
+            try:
+                return job(report, stop.is_set)
+            except Cancelled:
+                return cancelled  # a normal end, not an error to log
+            finally:
+                done.set()
+
+        worker = create_worker(body, _start_thread=False)
+
+        def guard(fn):
+            def call(*a):
+                if live["on"]:
+                    fn(*a)
+            return call
+
+        def _returned(value):
+            if value is cancelled or stop.is_set():
+                on_cancelled()
+            else:
+                on_done(value)
+
+        def _errored(exc):
+            if isinstance(exc, Cancelled) or stop.is_set():
+                on_cancelled()
+            else:
+                on_error(exc)
+
+        worker.returned.connect(guard(_returned))
+        worker.errored.connect(guard(_errored))
+        worker.finished.connect(guard(on_finished))
+        worker.finished.connect(self._forget)
+        self._worker = worker
+        worker.start()
+
+    def detach(self) -> None:
+        """Stop delivering callbacks and progress (the widget is being destroyed); also cancels."""
+        self._live["on"] = False
+        self._stop.set()
+
+    def _forget(self, *_) -> None:
+        self._worker = None
+
+    def cancel(self) -> None:
+        """Ask the running job to stop (it polls ``should_stop`` between tiles)."""
+        self._stop.set()
+
+    def wait(self, timeout: float = 5.0) -> bool:
+        """Block until the job has ended (GUI callbacks may still be queued); True if it ended."""
+        return self._done.wait(timeout)
+
+
+class CloseWatcher(QObject):
+    """Calls ``callback`` once when the top-level window of ``widget`` closes, or the application quits."""
+
+    def __init__(self, widget, callback: Callable[[], None]):
+        super().__init__(widget)
+        self._cb = callback
+        self._fired = False
+        self._watched = None
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self._fire)
+
+    def attach(self, widget) -> None:
+        """(Re)attach to the current top-level window of ``widget``."""
+        top = widget.window()
+        current = self._watched() if self._watched is not None else None
+        if top is not None and top is not current and top is not widget:
+            top.installEventFilter(self)
+            self._watched = weakref.ref(top)  # never keep the main window alive
+
+    def eventFilter(self, obj, event):  # noqa: N802 (Qt name)
+        if event.type() == QEvent.Type.Close:
+            self._fire()
+        return False
+
+    def _fire(self):
+        if not self._fired:
+            self._fired = True
+            cb, self._cb = self._cb, None
+            cb()
+
+
+_SCRATCH: Optional[tempfile.TemporaryDirectory] = None
+
+
+def scratch_dir() -> Path:
+    """A per-process temporary folder for in-memory images saved as files."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = tempfile.TemporaryDirectory(prefix="napari_lnm_")
+    return Path(_SCRATCH.name)
+
+
+def notify_error(exc: BaseException) -> None:
+    """Show an error in napari's notification area (one line for UserError, the message otherwise)."""
+    from napari.utils.notifications import show_error
+
+    if isinstance(exc, UserError):
+        show_error(str(exc))
+    else:
+        show_error(f"{type(exc).__name__}: {exc}")

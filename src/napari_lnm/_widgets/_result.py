@@ -1,0 +1,134 @@
+"""Turn a pipeline Prediction into layer-ready data (runs in the worker thread; no Qt, no napari)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from ._layers import Mosaic, build_mosaic, segments_to_vectors, tile_to_level0
+
+# upper bound on graph segments drawn per layer (Vectors stay fluid below this)
+MAX_SEGMENTS = 400_000
+
+
+@dataclass
+class LayerData:
+    """Everything the GUI thread needs to (re)build the result layers."""
+
+    mosaic: Optional[Mosaic]
+    voronoi: np.ndarray  # napari Vectors (M, 2, 2), level-0 px
+    delaunay: np.ndarray
+    tiles: pd.DataFrame
+    key_tiles: pd.DataFrame
+    top_features: list[tuple[str, float]] = field(default_factory=list)
+
+
+def tile_analyses(pred: Any) -> list[tuple[float, float, float, Any]]:
+    """``(x, y, size, TileAnalysis)`` for every tile the prediction kept images for."""
+    analyses = None
+    for name in ("analyses", "tile_analyses", "images", "tile_images"):
+        analyses = getattr(pred, name, None)
+        if analyses is not None:
+            break
+    if analyses is None:
+        return []
+    tiles = pred.tiles
+    out = []
+    if isinstance(analyses, dict):
+        items = analyses.items()
+    else:
+        items = enumerate(analyses)
+    for i, a in items:
+        if a is None:
+            continue
+        if isinstance(a, tuple) and len(a) == 2:  # ((x, y), analysis)
+            (x, y), a = a
+            size = float(tiles["size"].iloc[0])
+        else:
+            row = tiles.iloc[int(i)] if not isinstance(i, tuple) else None
+            x, y, size = (float(row["x"]), float(row["y"]), float(row["size"])) if row is not None else (*i, float(tiles["size"].iloc[0]))
+        out.append((x, y, size, a))
+    return out
+
+
+def _pairs(df: Any, names=("element", "feature", "name"), values=("gain", "importance", "fscore")) -> list:
+    """(name, value) pairs from a DataFrame with a name and a value column; [] if it has neither."""
+    if not isinstance(df, pd.DataFrame) or len(df) == 0:
+        return []
+    name_col = next((c for c in names if c in df.columns), None)
+    val_col = next((c for c in values if c in df.columns), None)
+    if name_col is None or val_col is None:
+        return []
+    return list(zip(df[name_col].astype(str), pd.to_numeric(df[val_col], errors="coerce").to_numpy(float)))
+
+
+def top_features(pred: Any, bundle: Any = None, k: int = 10) -> list[tuple[str, float]]:
+    """The model's top-k fused elements by importance (gain) as ``(element, gain)``, largest first.
+
+    Taken from ``pred.importance`` (the pipeline's global top-k), else the bundle's
+    importance table, else the slide's ``top_features`` ranked by |contribution|.
+    """
+    pairs = _pairs(getattr(pred, "importance", None))
+    if not pairs and bundle is not None:
+        imp = getattr(bundle, "importance", None)
+        pairs = _pairs(imp() if callable(imp) else imp)
+    if not pairs:
+        tf = getattr(pred, "top_features", None)
+        pairs = [(n, abs(v)) for n, v in _pairs(tf, values=("contribution",))]
+    pairs = [(n, float(v) if np.isfinite(v) else 0.0) for n, v in pairs]
+    pairs.sort(key=lambda p: -p[1])
+    return pairs[:k]
+
+
+def slide_features(pred: Any, k: int = 10) -> list[str]:
+    """Tile features behind this slide's prediction (top |contribution| first), then the model's top features."""
+    out: list[str] = []
+    for df in (getattr(pred, "top_features", None), getattr(pred, "importance", None)):
+        if isinstance(df, pd.DataFrame) and "feature" in df.columns:
+            for f in df["feature"].astype(str):
+                if f not in out:
+                    out.append(f)
+    return out[:k]
+
+
+def build_layer_data(pred: Any, bundle: Any, mpp0: float, work_mpp: float, graph_fn=None,
+                     should_stop=None) -> LayerData:
+    """Mosaics, graph vectors, tile and key-tile tables for a prediction, in slide level-0 geometry."""
+    items = tile_analyses(pred)
+    mosaic = None
+    vor, dela = [], []
+    n_vor = n_del = 0
+    if items:
+        xs, ys, sizes, an = zip(*items)
+        mosaic = build_mosaic(xs, ys, sizes, [a.h for a in an], [a.e for a in an], [a.labels for a in an],
+                              mpp0, work_mpp)
+        if graph_fn is None:
+            from napari_lnm.features.graph import graph_segments as graph_fn
+        for x, y, _s, a in items:
+            if should_stop is not None and should_stop():
+                break
+            c = np.asarray(a.centroids, float).reshape(-1, 2)
+            if len(c) < 3 or (n_vor >= MAX_SEGMENTS and n_del >= MAX_SEGMENTS):
+                continue
+            v, d = graph_fn(c, np.asarray(a.labels).shape)
+            v, d = np.asarray(v, float).reshape(-1, 2, 2), np.asarray(d, float).reshape(-1, 2, 2)
+            if len(v) and n_vor < MAX_SEGMENTS:
+                vor.append(segments_to_vectors(tile_to_level0(v, x, y, mpp0, work_mpp)))
+                n_vor += len(v)
+            if len(d) and n_del < MAX_SEGMENTS:
+                dela.append(segments_to_vectors(tile_to_level0(d, x, y, mpp0, work_mpp)))
+                n_del += len(d)
+    empty = np.zeros((0, 2, 2))
+    key = getattr(pred, "key_tiles", None)
+    key = key if isinstance(key, pd.DataFrame) else pd.DataFrame(columns=["rank", "x", "y", "size", "kind", "colour", "reason"])
+    return LayerData(
+        mosaic=mosaic,
+        voronoi=np.concatenate(vor) if vor else empty,
+        delaunay=np.concatenate(dela) if dela else empty,
+        tiles=pred.tiles,
+        key_tiles=key,
+        top_features=top_features(pred, bundle),
+    )

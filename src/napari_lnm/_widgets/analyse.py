@@ -1,0 +1,464 @@
+"""Analyse slide: ROI + model -> pipeline.predict_slide in a worker -> aligned result layers and a chart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
+    QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from napari_lnm.errors import ModelError, UserError
+
+from ._charts import ChartCanvas
+from ._common import (
+    AUTO_TISSUE, AnalysisResult, CloseWatcher, Runner, layer_mpp, notify_error, replace_layer,
+    rois_from_shapes, scratch_dir, set_result, slide_file_for, slide_layers,
+)
+from ._layers import square_corners
+from ._result import LayerData, build_layer_data
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "demo_model"
+MAGNIFICATIONS = ("5", "10", "20", "40")
+TILE_SIZES = ("224", "256", "299", "512", "1024")
+KIND_LEGEND = ("nucleus size", "nucleus texture", "arrangement", "tile texture")
+
+
+def load_bundle(path: str):
+    """Load a model bundle folder; any failure becomes a one-line ModelError naming the path."""
+    from napari_lnm.model import ModelBundle
+
+    p = Path(path).expanduser()
+    if not str(path).strip():
+        raise ModelError("no model chosen: pick a model bundle folder")
+    if p.is_file():  # the user picked a file inside the bundle
+        p = p.parent
+    try:
+        return ModelBundle.load(p)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable bundle is the user's to fix
+        raise ModelError(f"{p}: not a napari-lnm model bundle ({type(exc).__name__}: {exc})") from None
+
+
+class AnalyseWidget(QWidget):
+    """Dock widget: pick slide, ROI, model and tiling, run the prediction, show results as layers."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.runner = Runner(self)
+        self.runner.progressed.connect(self._on_progress)
+        self._watch = CloseWatcher(self, self._on_viewer_closing)
+        self._closing = False
+        self._run_slide_layer = None
+        self._run_started = 0.0
+        self.last_run_seconds: Optional[float] = None
+        self.last_status = ""
+        self._steps: list = []
+        self.step_seconds: list[float] = []  # GUI-thread seconds of each display step of the last run
+        self._show_t0 = 0.0
+        self.timings: dict[str, float] = {}  # seconds: layer_data_s (worker), show_s (GUI thread)
+        self.chart: Optional[ChartCanvas] = None
+        self._chart_dock = None
+        self._build_ui()
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self._refresh_layers()
+
+    def showEvent(self, event):  # noqa: N802
+        self._watch.attach(self)
+        super().showEvent(event)
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        form = QFormLayout()
+        self.slide_combo = QComboBox()
+        self.slide_combo.currentIndexChanged.connect(self._on_slide_changed)
+        form.addRow("Slide layer", self.slide_combo)
+        self.mpp_spin = QDoubleSpinBox(decimals=4, minimum=0.0, maximum=50.0, singleStep=0.05)
+        self.mpp_spin.setSpecialValueText("from slide")
+        self.mpp_spin.setSuffix(" µm/px")
+        self.mpp_spin.setToolTip("Level-0 µm per pixel; needed for plain photos without metadata")
+        form.addRow("Slide µm/px", self.mpp_spin)
+        self.roi_combo = QComboBox()
+        form.addRow("ROI", self.roi_combo)
+        model_row = QHBoxLayout()
+        self.model_edit = QLineEdit(str(DEMO_MODEL) if DEMO_MODEL.is_dir() else "")
+        self.model_edit.setPlaceholderText("model bundle folder")
+        browse = QPushButton("…")
+        browse.setFixedWidth(30)
+        browse.clicked.connect(self._browse_model)
+        model_row.addWidget(self.model_edit)
+        model_row.addWidget(browse)
+        form.addRow("Model", model_row)
+        self.mag_combo = QComboBox()
+        self.mag_combo.addItems([f"{m}x" for m in MAGNIFICATIONS])
+        self.mag_combo.setCurrentText("20x")
+        form.addRow("Magnification", self.mag_combo)
+        self.tile_combo = QComboBox()
+        self.tile_combo.addItems(TILE_SIZES)
+        self.tile_combo.setCurrentText("512")
+        form.addRow("Tile size (px)", self.tile_combo)
+        self.max_tiles = QSpinBox(minimum=0, maximum=100000, value=200)
+        self.max_tiles.setSpecialValueText("all")
+        form.addRow("Max tiles", self.max_tiles)
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
+        form.addRow("Seed", self.seed)
+
+        buttons = QHBoxLayout()
+        self.run_btn = QPushButton("Run")
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_btn)
+        buttons.addWidget(self.cancel_btn)
+
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m tiles")
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        self.prob_label = QLabel("–")
+        self.prob_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.prob_label.setStyleSheet("font-size: 26pt; font-weight: bold;")
+        self.prob_caption = QLabel("metastasis probability")
+        self.prob_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.info_label = QLabel("")
+        self.info_label.setWordWrap(True)
+
+        from napari_lnm.explain import KIND_COLOURS
+
+        legend = QGridLayout()
+        legend.addWidget(QLabel("Key tiles:"), 0, 0, 1, 2)
+        for i, kind in enumerate(KIND_LEGEND):
+            sw = QLabel()
+            sw.setFixedSize(14, 14)
+            sw.setStyleSheet(f"background: {KIND_COLOURS[kind]}; border: 1px solid #333;")
+            legend.addWidget(sw, 1 + i // 2, 2 * (i % 2))
+            legend.addWidget(QLabel(kind), 1 + i // 2, 2 * (i % 2) + 1)
+
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addLayout(buttons)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+        lay.addWidget(self.prob_label)
+        lay.addWidget(self.prob_caption)
+        lay.addWidget(self.info_label)
+        lay.addLayout(legend)
+        lay.addStretch(1)
+
+    def _refresh_layers(self, event=None) -> None:
+        from napari.layers import Shapes
+
+        cur_slide, cur_roi = self.slide_combo.currentText(), self.roi_combo.currentText()
+        self.slide_combo.blockSignals(True)
+        self.slide_combo.clear()
+        self.slide_combo.addItems([lyr.name for lyr in slide_layers(self.viewer)])
+        if cur_slide:
+            self.slide_combo.setCurrentText(cur_slide)
+        self.slide_combo.blockSignals(False)
+        self.roi_combo.clear()
+        shapes = [lyr.name for lyr in self.viewer.layers
+                  if isinstance(lyr, Shapes) and not lyr.metadata.get("napari_lnm_result")]
+        self.roi_combo.addItems(shapes + [AUTO_TISSUE])
+        if cur_roi and cur_roi in shapes + [AUTO_TISSUE]:
+            self.roi_combo.setCurrentText(cur_roi)
+        self._on_slide_changed()
+
+    def _on_slide_changed(self, *_):
+        layer = self.slide_layer()
+        if layer is not None:
+            mpp = layer_mpp(layer)
+            self.mpp_spin.setValue(mpp or 0.0)
+            if layer.metadata.get("mpp_source") == "default" or not mpp:
+                self.status.setText(f"'{layer.name}' has no pixel size: check 'Slide µm/px' "
+                                    f"(the objective's µm per pixel) before running")
+
+    def _browse_model(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a model bundle folder", self.model_edit.text())
+        if path:
+            self.set_model_path(path)
+
+    def set_model_path(self, path: str) -> bool:
+        """Set the model bundle; a wrong file gives a napari notification and returns False."""
+        self.model_edit.setText(str(path))
+        try:
+            load_bundle(path)
+        except UserError as exc:
+            notify_error(exc)
+            return False
+        return True
+
+    def slide_layer(self):
+        """The currently chosen slide layer, or None."""
+        name = self.slide_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def config(self):
+        """The TilingConfig from the form."""
+        from napari_lnm.tiling import TilingConfig
+
+        return TilingConfig(
+            magnification=float(self.mag_combo.currentText().rstrip("x")),
+            tile_size=int(self.tile_combo.currentText()),
+            max_tiles=self.max_tiles.value() or None,
+            seed=self.seed.value(),
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> bool:
+        """Start the analysis in a worker thread; returns False (with a notification) if it cannot start."""
+        if self.runner.running:
+            return False
+        self._watch.attach(self)
+        try:
+            job, meta = self._prepare()
+        except UserError as exc:
+            notify_error(exc)
+            return False
+        self._run_slide_layer = meta["layer"]
+        self._run_started = time.perf_counter()
+        self.progress.setRange(0, 0)
+        self.status.setText("running…")
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.runner.start(
+            job,
+            on_done=lambda value: self._on_done(value, meta),
+            on_error=self._on_error,
+            on_cancelled=self._on_cancelled,
+            on_finished=self._on_finished,
+        )
+        return True
+
+    def _prepare(self):
+        from napari.layers import Shapes
+
+        layer = self.slide_layer()
+        if layer is None:
+            raise UserError("no slide layer: open a slide (File > Open) first")
+        mpp0 = self.mpp_spin.value() or layer_mpp(layer)
+        if not mpp0:
+            raise UserError(f"layer '{layer.name}': unknown µm/px; enter the slide's µm/px")
+        path = slide_file_for(layer, scratch_dir())
+        roi_name = self.roi_combo.currentText()
+        rois = None
+        if roi_name and roi_name != AUTO_TISSUE:
+            shapes = self.viewer.layers[roi_name]
+            if not isinstance(shapes, Shapes):
+                raise UserError(f"layer '{roi_name}' is not a Shapes layer")
+            rois = rois_from_shapes(shapes, layer)
+        model_path = self.model_edit.text()
+        bundle = load_bundle(model_path)
+        config = self.config()
+        work_mpp = config.mpp
+
+        def job(progress, should_stop):
+            from napari_lnm.io import open_slide
+            from napari_lnm.pipeline import predict_slide
+
+            with open_slide(path, mpp=mpp0) as slide:
+                pred = predict_slide(slide, bundle, rois=rois, config=config, keep_images=True,
+                                     progress=progress, should_stop=should_stop)
+                real_mpp0 = float(slide.mpp)
+            progress(0, 0, "building layers")
+            t0 = time.perf_counter()
+            data = build_layer_data(pred, bundle, real_mpp0, work_mpp, should_stop=should_stop)
+            self.timings["layer_data_s"] = time.perf_counter() - t0
+            return pred, data, real_mpp0
+
+        meta = dict(layer=layer, path=path, rois=rois, bundle=bundle, model_path=model_path, work_mpp=work_mpp)
+        return job, meta
+
+    def cancel(self) -> None:
+        """Ask the running analysis to stop (it stops at the next tile, well within a second)."""
+        if self.runner.running:
+            self.runner.cancel()
+            self.status.setText("cancelling…")
+
+    # ------------------------------------------------------------------ callbacks (GUI thread)
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(done)
+        else:
+            self.progress.setRange(0, 0)
+        if message:
+            self.status.setText(message)
+
+    def _on_finished(self) -> None:
+        if not self._steps:  # else the last display step re-enables Run
+            self.run_btn.setEnabled(True)
+            self.cancel_btn.setEnabled(False)
+        self.last_run_seconds = time.perf_counter() - self._run_started
+        self._run_slide_layer = None
+
+    def _on_cancelled(self) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.last_status = "cancelled"
+        self.status.setText("cancelled")
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.last_status = f"error: {exc}"
+        self.status.setText(f"error: {exc}")
+        notify_error(exc)
+
+    def _on_done(self, value, meta) -> None:
+        if self._closing or meta["layer"] not in self.viewer.layers:
+            self.last_status = "discarded"
+            return
+        pred, data, mpp0 = value
+        steps = self.display_steps(pred, data, meta["layer"], mpp0)
+
+        def publish():
+            set_result(self.viewer, AnalysisResult(
+                prediction=pred, bundle=meta["bundle"], slide_path=meta["path"], mpp0=mpp0,
+                work_mpp=meta["work_mpp"], rois=meta["rois"], model_path=meta["model_path"],
+                extra={"slide_layer": meta["layer"].name},
+            ))
+            n = len(pred.tiles)
+            self.progress.setRange(0, max(n, 1))
+            self.progress.setValue(n)
+            self.last_status = "done"
+            self.status.setText(f"done: {n} tiles in {time.perf_counter() - self._run_started:.1f} s")
+
+        self._steps = steps + [publish]
+        self.step_seconds = []
+        self._show_t0 = time.perf_counter()
+        self.status.setText("adding result layers…")
+        self._next_step()
+
+    def _next_step(self) -> None:
+        """Run one display step, then yield to the event loop (the viewer stays responsive between layers)."""
+        from qtpy.QtCore import QTimer
+
+        if self._closing:
+            self._steps = []
+        if self._steps:
+            step = self._steps.pop(0)
+            t0 = time.perf_counter()
+            step()
+            self.step_seconds.append(time.perf_counter() - t0)
+        if self._steps:
+            QTimer.singleShot(0, self._next_step)
+        else:
+            self.timings["show_s"] = time.perf_counter() - self._show_t0
+            if not self.runner.running and not self._closing:
+                self.run_btn.setEnabled(True)
+                self.cancel_btn.setEnabled(False)
+
+    def _on_layer_removed(self, event) -> None:
+        if self.runner.running and self._run_slide_layer is not None and event.value is self._run_slide_layer:
+            self.runner.cancel()
+            self.status.setText("slide layer removed: stopping")
+        self._refresh_layers()
+
+    def _on_viewer_closing(self) -> None:
+        """The main window closes: stop and join the worker, then let go of the viewer."""
+        self._closing = True
+        self.runner.detach()  # no more callbacks into this widget, even ones already queued
+        if self.runner.running:
+            self.runner.wait(10.0)
+        for ev, cb in ((self.viewer.layers.events.inserted, self._refresh_layers),
+                       (self.viewer.layers.events.removed, self._on_layer_removed)):
+            try:
+                ev.disconnect(cb)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        set_result(self.viewer, None)
+
+    # ------------------------------------------------------------------ result display
+    def display_steps(self, pred: Any, data: LayerData, slide_layer, mpp0: float) -> list:
+        """Closures that create (or replace) the result layers, probability label and chart, one per step."""
+        v = self.viewer
+        scale0 = tuple(slide_layer.scale[-2:])
+        trans0 = tuple(slide_layer.translate[-2:])
+        steps = [lambda: self._show_probability(pred)]
+        if data.mosaic is not None:
+            m = data.mosaic
+            tr = (m.translate[0] + trans0[0], m.translate[1] + trans0[1])
+            hi = float(np.percentile(m.h[m.h > 0], 99.5)) if np.any(m.h > 0) else 1.0
+            ei = float(np.percentile(m.e[m.e > 0], 99.5)) if np.any(m.e > 0) else 1.0
+            steps += [
+                lambda: replace_layer(v, "H", v.add_image, m.h, scale=m.scale, translate=tr, colormap="magenta",
+                                      blending="additive", contrast_limits=(0.0, max(hi, 1e-3)), visible=False),
+                lambda: replace_layer(v, "E", v.add_image, m.e, scale=m.scale, translate=tr, colormap="gray",
+                                      blending="additive", contrast_limits=(0.0, max(ei, 1e-3)), visible=False),
+                lambda: replace_layer(v, "nuclei", v.add_labels, m.labels, scale=m.scale, translate=tr,
+                                      opacity=0.5),
+            ]
+        for name, vec, colour in (("voronoi", data.voronoi, "yellow"), ("delaunay", data.delaunay, "cyan")):
+            steps.append(lambda name=name, vec=vec, colour=colour: replace_layer(
+                v, name, v.add_vectors, vec, scale=scale0, translate=trans0, edge_width=1.0, edge_color=colour,
+                vector_style="line", visible=(name == "voronoi"), opacity=0.8))
+        t = data.tiles
+        feats = {"tile": np.arange(len(t))}
+        if "tissue_fraction" in t:
+            feats["tissue_fraction"] = t["tissue_fraction"].to_numpy()
+        steps.append(lambda: replace_layer(
+            v, "tiles", v.add_shapes, square_corners(t["x"], t["y"], t["size"]), shape_type="rectangle",
+            scale=scale0, translate=trans0, edge_color="white", face_color="transparent",
+            edge_width=max(float(t["size"].iloc[0]) / 100, 1.0) if len(t) else 1.0, features=feats, opacity=0.5))
+        k = data.key_tiles
+
+        def key_layer():
+            if len(k):
+                kfeat = {"rank": k["rank"].to_numpy(int), "kind": k["kind"].astype(str).to_numpy(),
+                         "reason": k["reason"].astype(str).to_numpy()}
+                replace_layer(
+                    v, "key tiles", v.add_shapes, square_corners(k["x"], k["y"], k["size"]),
+                    shape_type="rectangle", scale=scale0, translate=trans0, edge_color=list(k["colour"]),
+                    face_color="transparent", edge_width=max(float(k["size"].iloc[0]) / 30, 2.0), features=kfeat,
+                    text={"string": "{rank}", "size": 14, "color": "white", "anchor": "upper_left"},
+                )
+            elif "key tiles" in v.layers:
+                v.layers.remove("key tiles")
+            v.layers.selection.active = v.layers["key tiles"] if "key tiles" in v.layers else None
+
+        steps += [key_layer, lambda: self._show_chart(data.top_features)]
+        return steps
+
+    def show_result(self, pred: Any, data: LayerData, slide_layer, mpp0: float) -> None:
+        """Create (or replace) all result layers at once (blocking; the widget itself uses display_steps)."""
+        for step in self.display_steps(pred, data, slide_layer, mpp0):
+            step()
+
+    def _show_probability(self, pred: Any) -> None:
+        p = float(pred.probability)
+        colour = "#e31a1c" if p >= 0.5 else "#1a9850"
+        self.prob_label.setText(f"{100 * p:.0f}%")
+        self.prob_label.setStyleSheet(f"font-size: 26pt; font-weight: bold; color: {colour};")
+        parts = [f"{len(pred.tiles)} tiles"]
+        sub = getattr(pred, "subtype", None)
+        model_name = Path(self.model_edit.text()).name
+        if isinstance(sub, dict) and sub.get("subtype"):
+            counts = sub.get("counts") or {}
+            ctxt = " (" + ", ".join(f"{k}: {n}" for k, n in counts.items()) + ")" if counts else ""
+            parts.append(f"subtype {sub['subtype']}{ctxt}")
+            if sub.get("model_used"):
+                model_name += f" [{sub['model_used']}]"
+        parts.append(f"model: {model_name}")
+        self.info_label.setText(" · ".join(parts))
+
+    def _show_chart(self, top: list[tuple[str, float]]) -> None:
+        if self.chart is None:
+            self.chart = ChartCanvas()
+            self._chart_dock = self.viewer.window.add_dock_widget(self.chart, name="Feature importance",
+                                                                  area="right")
+        if top:
+            names, vals = zip(*top)
+            self.chart.show_importance(names, vals, title="Top features of the model")
+        else:
+            self.chart.clear()

@@ -1,0 +1,185 @@
+"""Export: ROI, nuclei and key tiles as QuPath GeoJSON, results as JSON/CSV, a PNG report of the view."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+
+from napari_lnm._atomic import atomic_path, write_text_atomic
+from napari_lnm.errors import UserError
+
+from ._common import AnalysisResult, get_result, notify_error
+from ._layers import square_corners, tile_to_level0
+from ._result import tile_analyses, top_features
+
+
+def nucleus_polygons(labels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Outline of every nucleus of a label image as ``(N, 2)`` (row, col) px polygons, and their ids."""
+    from skimage.measure import find_contours, regionprops
+
+    polys, ids = [], []
+    for rp in regionprops(np.asarray(labels, np.int32)):
+        mask = np.pad(rp.image, 1)
+        cs = find_contours(mask.astype(np.uint8), 0.5)
+        if not cs:
+            continue
+        c = max(cs, key=len)
+        if len(c) < 3:
+            continue
+        r0, c0 = rp.bbox[0] - 1, rp.bbox[1] - 1
+        polys.append(c + np.array([r0, c0], float))
+        ids.append(rp.label)
+    return polys, np.asarray(ids, int)
+
+
+def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm") -> dict[str, Path]:
+    """Write ``<stem>_roi/nuclei/key_tiles.geojson``, ``<stem>_results.json``, ``_tiles.csv``, ``_key_tiles.csv``."""
+    from napari_lnm.tissue import write_geojson
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = res.prediction
+    t = pred.tiles
+    paths: dict[str, Path] = {}
+
+    # ROI: the polygons used, or the analysed tiles when the ROI was automatic
+    if res.rois:
+        rois = [np.asarray(p, float) for p in res.rois]
+        names = [f"ROI {i + 1}" for i in range(len(rois))]
+    else:
+        rois = [sq[:, ::-1] + 0.5 for sq in square_corners(t["x"], t["y"], t["size"])]
+        names = [f"analysed tile {i}" for i in range(len(rois))]
+    paths["roi"] = out / f"{stem}_roi.geojson"
+    write_geojson(paths["roi"], rois, names=names)
+
+    # nuclei: per-tile contours mapped to level-0 (x, y) px
+    polys, props = [], []
+    for ti, (x, y, _s, a) in enumerate(tile_analyses(pred)):
+        tp, ids = nucleus_polygons(a.labels)
+        for p, nid in zip(tp, ids):
+            rc = tile_to_level0(p - 0.5, x, y, res.mpp0, res.work_mpp) + 0.5  # pixel-edge contours
+            polys.append(rc[:, ::-1])
+            props.append({"tile": ti, "nucleus": int(nid)})
+    paths["nuclei"] = out / f"{stem}_nuclei.geojson"
+    write_geojson(paths["nuclei"], polys, names=["nucleus"] * len(polys), properties=props)
+
+    k = getattr(pred, "key_tiles", None)
+    k = k if isinstance(k, pd.DataFrame) else pd.DataFrame(columns=["rank", "x", "y", "size", "kind", "reason"])
+    kp = [sq[:, ::-1] + 0.5 for sq in square_corners(k["x"], k["y"], k["size"])]
+    kprops = [{"rank": int(r.rank), "kind": str(r.kind), "reason": str(r.reason)} for r in k.itertuples()]
+    paths["key_tiles"] = out / f"{stem}_key_tiles.geojson"
+    write_geojson(paths["key_tiles"], kp, names=[f"key tile {p['rank']}" for p in kprops], properties=kprops)
+
+    summary = {
+        "slide": res.slide_path,
+        "model": res.model_path,
+        "probability": float(pred.probability),
+        "n_tiles": int(len(t)),
+        "mpp_level0": res.mpp0,
+        "mpp_working": res.work_mpp,
+        "subtype": getattr(pred, "subtype", None),
+        "top_features": [{"feature": n, "importance": v} for n, v in top_features(pred, res.bundle)],
+        "key_tiles": json.loads(k.to_json(orient="records")) if len(k) else [],
+    }
+    paths["json"] = out / f"{stem}_results.json"
+    write_text_atomic(paths["json"], json.dumps(summary, indent=2, default=str))
+    paths["tiles_csv"] = out / f"{stem}_tiles.csv"
+    write_text_atomic(paths["tiles_csv"], t.to_csv(index=False))
+    paths["key_csv"] = out / f"{stem}_key_tiles.csv"
+    write_text_atomic(paths["key_csv"], k.to_csv(index=False))
+    return paths
+
+
+def save_report_png(viewer, res: AnalysisResult, path: str | Path, chart_figure=None) -> Path:
+    """A PNG report: the current canvas view, the probability and the feature-importance chart."""
+    from matplotlib.figure import Figure
+
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    fig = Figure(figsize=(12, 6), dpi=100, layout="constrained")
+    ax_img = fig.add_subplot(1, 2, 1)
+    ax_img.imshow(shot)
+    ax_img.set_axis_off()
+    ax_img.set_title(f"{Path(res.slide_path).name}: metastasis probability "
+                     f"{100 * float(res.prediction.probability):.0f}%", fontsize=12)
+    ax = fig.add_subplot(1, 2, 2)
+    from napari_lnm.explain import KIND_COLOURS, feature_kind
+
+    top = top_features(res.prediction, res.bundle)
+    if top:
+        names, vals = zip(*top[::-1])
+        ax.barh(np.arange(len(names)), vals, color=[KIND_COLOURS[feature_kind(n)] for n in names])
+        ax.set_yticks(np.arange(len(names)), names, fontsize=8)
+    ax.set_xlabel("importance (gain)")
+    ax.set_title("Top features")
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
+
+
+class ExportWidget(QWidget):
+    """Dock widget: choose a folder, export GeoJSON, JSON/CSV and a PNG report of the last analysis."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        row = QHBoxLayout()
+        self.dir_edit = QLineEdit(str(Path.home()))
+        browse = QPushButton("…")
+        browse.setFixedWidth(30)
+        browse.clicked.connect(self._browse)
+        row.addWidget(self.dir_edit)
+        row.addWidget(browse)
+        self.stem_edit = QLineEdit("lnm")
+        self.export_btn = QPushButton("Export GeoJSON + JSON/CSV")
+        self.export_btn.clicked.connect(self.export)
+        self.report_btn = QPushButton("Save PNG report of the view")
+        self.report_btn.clicked.connect(self.report)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("Output folder"))
+        lay.addLayout(row)
+        lay.addWidget(QLabel("File name prefix"))
+        lay.addWidget(self.stem_edit)
+        lay.addWidget(self.export_btn)
+        lay.addWidget(self.report_btn)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+    def _browse(self) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Export folder", self.dir_edit.text())
+        if d:
+            self.dir_edit.setText(d)
+
+    def _result(self) -> AnalysisResult:
+        res = get_result(self.viewer)
+        if res is None:
+            raise UserError("nothing to export: run 'Analyse slide' first")
+        return res
+
+    def export(self) -> dict[str, Path]:
+        """Export the last analysis; returns the written paths (empty on error, shown as a notification)."""
+        try:
+            paths = export_all(self._result(), self.dir_edit.text(), self.stem_edit.text() or "lnm")
+        except (UserError, OSError) as exc:
+            notify_error(exc)
+            return {}
+        self.status.setText("wrote " + ", ".join(p.name for p in paths.values()))
+        return paths
+
+    def report(self) -> Path | None:
+        """Save a PNG report of the current view and chart; returns its path (None on error)."""
+        try:
+            res = self._result()
+            p = save_report_png(self.viewer, res, Path(self.dir_edit.text()) / f"{self.stem_edit.text() or 'lnm'}_report.png")
+        except (UserError, OSError) as exc:
+            notify_error(exc)
+            return None
+        self.status.setText(f"wrote {p.name}")
+        return p

@@ -1,0 +1,185 @@
+"""Train model: cohort CSV + features folder (optionally extract first) -> CV AUC, ROC, saved bundle."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
+    QSpinBox, QVBoxLayout, QWidget,
+)
+
+from napari_lnm.errors import UserError
+
+from ._charts import ChartCanvas
+from ._common import CloseWatcher, Runner, notify_error
+
+
+def train_job(cohort_csv: str, features_dir: str, out_dir: str, cv: int = 5, classifier: str = "xgboost",
+              seed: int = 0, extract: bool = False, tiling: Any = None, progress=None, should_stop=None):
+    """(Optionally extract features, then) cross-validate and train on all slides; save the bundle to ``out_dir``.
+
+    Returns ``(bundle, cv_report, out_path)``. Runs off the GUI thread.
+    """
+    from napari_lnm.model import TrainConfig, cross_validate, load_feature_tables, read_cohort_csv, train_model
+
+    if not str(out_dir).strip():
+        raise UserError("choose a folder to save the model bundle in")
+    cohort = read_cohort_csv(cohort_csv)
+    if extract:
+        from napari_lnm.extract import extract_cohort
+
+        if progress:
+            progress(0, len(cohort), "extracting features")
+        kwargs = {"progress": progress}
+        try:
+            extract_cohort(cohort, features_dir, tiling, workers=1, should_stop=should_stop, **kwargs)
+        except TypeError:  # older signature without should_stop
+            extract_cohort(cohort, features_dir, tiling, workers=1, **kwargs)
+    tables, tiling_meta = load_feature_tables(cohort, features_dir)
+    labels = cohort["label"].to_numpy()
+    groups = cohort["patient_id"].astype(str).to_numpy() if "patient_id" in cohort.columns else None
+    cfg = TrainConfig(cv=int(cv), classifier=classifier, seed=int(seed), tiling=tiling_meta)
+    rep = cross_validate(tables, labels, groups=groups, config=cfg,
+                         slide_ids=cohort["slide_id"].astype(str).tolist(), progress=progress, should_stop=should_stop)
+    if progress:
+        progress(cfg.cv, cfg.cv, "training on all slides")
+    bundle = train_model(tables, labels, cfg, progress=progress, should_stop=should_stop)
+    bundle.cv_report = rep
+    out = bundle.save(out_dir)
+    return bundle, rep, Path(out)
+
+
+class TrainWidget(QWidget):
+    """Dock widget: train and cross-validate a model in a worker, show the ROC curve, save the bundle."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.runner = Runner(self)
+        self.runner.progressed.connect(self._on_progress)
+        self._watch = CloseWatcher(self, self._on_close)
+        self.result: Optional[tuple] = None
+        self.last_status = ""
+        form = QFormLayout()
+        self.cohort_edit = self._path_row(form, "Cohort CSV", file=True)
+        self.features_edit = self._path_row(form, "Features folder", file=False)
+        self.out_edit = self._path_row(form, "Save bundle to", file=False)
+        self.extract_box = QCheckBox("extract features first (20x, 512 px, 200 tiles/slide)")
+        form.addRow("", self.extract_box)
+        self.cv_spin = QSpinBox(minimum=2, maximum=20, value=5)
+        form.addRow("CV folds", self.cv_spin)
+        self.clf_combo = QComboBox()
+        self.clf_combo.addItems(["xgboost", "logistic", "svm", "mlp"])
+        form.addRow("Classifier", self.clf_combo)
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
+        form.addRow("Seed", self.seed)
+        buttons = QHBoxLayout()
+        self.run_btn = QPushButton("Train")
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.runner.cancel)
+        buttons.addWidget(self.run_btn)
+        buttons.addWidget(self.cancel_btn)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.auc_label = QLabel("")
+        self.auc_label.setStyleSheet("font-size: 14pt; font-weight: bold;")
+        self.chart = ChartCanvas(4, 3.5)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addLayout(buttons)
+        lay.addWidget(self.progress)
+        lay.addWidget(self.status)
+        lay.addWidget(self.auc_label)
+        lay.addWidget(self.chart)
+
+    def _path_row(self, form, label: str, file: bool) -> QLineEdit:
+        row = QHBoxLayout()
+        edit = QLineEdit()
+        btn = QPushButton("…")
+        btn.setFixedWidth(30)
+
+        def browse():
+            if file:
+                p, _ = QFileDialog.getOpenFileName(self, label, edit.text(), "CSV (*.csv)")
+            else:
+                p = QFileDialog.getExistingDirectory(self, label, edit.text())
+            if p:
+                edit.setText(p)
+
+        btn.clicked.connect(browse)
+        row.addWidget(edit)
+        row.addWidget(btn)
+        form.addRow(label, row)
+        return edit
+
+    def run(self) -> bool:
+        """Start training in a worker; returns False if a run is in progress."""
+        if self.runner.running:
+            return False
+        self._watch.attach(self)
+        tiling = None
+        if self.extract_box.isChecked():
+            from napari_lnm.tiling import TilingConfig
+
+            tiling = TilingConfig(magnification=20.0, tile_size=512, max_tiles=200, seed=self.seed.value())
+        args = dict(cohort_csv=self.cohort_edit.text(), features_dir=self.features_edit.text(),
+                    out_dir=self.out_edit.text(), cv=self.cv_spin.value(), classifier=self.clf_combo.currentText(),
+                    seed=self.seed.value(), extract=self.extract_box.isChecked(), tiling=tiling)
+        self._t0 = time.perf_counter()
+        self.run_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.progress.setRange(0, 0)
+        self.status.setText("training…")
+        self.runner.start(lambda progress, should_stop: train_job(**args, progress=progress, should_stop=should_stop),
+                          on_done=self._on_done, on_error=self._on_error, on_cancelled=self._on_cancelled,
+                          on_finished=self._on_finished)
+        return True
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(min(done, total))
+        if message:
+            self.status.setText(message)
+
+    def _on_done(self, value) -> None:
+        from sklearn.metrics import roc_curve
+
+        bundle, rep, out = value
+        self.result = value
+        fpr, tpr, _ = roc_curve(rep.labels, rep.oof)
+        self.chart.show_roc(fpr, tpr, rep.auc, rep.ci)
+        self.auc_label.setText(f"CV AUC {rep.auc:.3f} (95% CI {rep.ci[0]:.2f}–{rep.ci[1]:.2f})")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+        self.last_status = "done"
+        self.status.setText(f"saved {out} in {time.perf_counter() - self._t0:.1f} s")
+
+    def _on_error(self, exc) -> None:
+        self.last_status = f"error: {exc}"
+        self.status.setText(self.last_status)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        notify_error(exc)
+
+    def _on_cancelled(self) -> None:
+        self.last_status = "cancelled"
+        self.status.setText("cancelled")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+    def _on_finished(self) -> None:
+        self.run_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+
+    def _on_close(self) -> None:
+        self.runner.detach()  # no more callbacks into this widget, even ones already queued
+        if self.runner.running:
+            self.runner.wait(10.0)

@@ -1,0 +1,358 @@
+"""Binary classifiers with one interface, saved as data (never pickle) and run with numpy at inference.
+
+Each classifier: ``fit(X, y) -> self``; ``predict_proba(X) -> (n,)`` probability of
+class 1; ``contributions(X) -> (n, Q + 1)`` per-column contributions to the
+log-odds with the bias last; ``importance() -> (fscore, gain)`` per column;
+``save(dir) -> dict`` (writes its files, returns JSON-able metadata);
+``load(dir, meta)`` (classmethod).
+
+- ``xgboost``: ``binary:logistic``, eval metric AUC, the number of trees chosen
+  by stratified internal cross-validation (``xgboost.cv``, early stopping after
+  50 rounds without improvement) on the training data only, then refitted with
+  that many rounds; ``scale_pos_weight = n_neg / n_pos``. Saved as ``model.ubj``.
+  Contributions are ``pred_contribs`` (log-odds). NaNs are handled natively.
+- ``logreg``: L2 logistic regression on standardised columns (NaN -> training
+  median). Saved in ``params.npz``; contribution = coef * z.
+- ``svm``: RBF SVM; probabilities by Platt scaling fitted on internal
+  cross-validated decision values (deterministic). Saved support vectors, dual
+  coefficients, intercept, gamma, Platt A, B.
+- ``mlp``: one hidden ReLU layer MLP. Saved weights/biases per layer.
+
+For SVM and MLP, contributions are occlusion effects in log-odds: the change of
+the logit when a column is replaced by its training mean; bias = logit at the mean.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CLASSIFIERS = ("xgboost", "logreg", "svm", "mlp")
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _n_inner_folds(y: np.ndarray, wanted: int = 3) -> int:
+    return int(max(2, min(wanted, np.bincount(y.astype(int), minlength=2).min())))
+
+
+class Classifier:
+    """Base class (see module docstring)."""
+
+    kind = "base"
+
+    def __init__(self, seed: int = 0, nthread: int = 1) -> None:
+        self.seed = int(seed)
+        self.nthread = int(nthread)
+
+    def importance(self, X: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(fscore, gain) per column; default: mean |contribution| over X for both."""
+        c = np.abs(self.contributions(X)[:, :-1]).mean(axis=0)
+        return c, c
+
+
+class XGBoostClassifier(Classifier):
+    """Gradient-boosted trees (XGBoost), trees chosen by internal CV with early stopping."""
+
+    kind = "xgboost"
+
+    def __init__(self, seed=0, nthread=1, max_rounds=500, early_stopping=50, max_depth=3, eta=0.1,
+                 subsample=0.8, colsample_bytree=0.8, min_child_weight=1.0):
+        super().__init__(seed, nthread)
+        self.max_rounds = int(max_rounds)
+        self.early_stopping = int(early_stopping)
+        self.params_extra = dict(max_depth=int(max_depth), eta=float(eta), subsample=float(subsample),
+                                 colsample_bytree=float(colsample_bytree),
+                                 min_child_weight=float(min_child_weight))
+        self.booster = None
+        self.n_rounds: int | None = None
+        self.n_columns: int | None = None
+
+    def _params(self, y):
+        n_pos = float((y == 1).sum())
+        n_neg = float((y == 0).sum())
+        return dict(objective="binary:logistic", eval_metric="auc", tree_method="hist", seed=self.seed,
+                    nthread=self.nthread, scale_pos_weight=n_neg / max(n_pos, 1.0), verbosity=0,
+                    **self.params_extra)
+
+    def fit(self, X, y):
+        """Choose the number of trees by stratified inner CV with early stopping, then refit on all of X."""
+        import xgboost as xgb
+
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y).astype(int)
+        self.n_columns = X.shape[1]
+        params = self._params(y)
+        dtrain = xgb.DMatrix(X, label=y, nthread=self.nthread)
+        hist = xgb.cv(params, dtrain, num_boost_round=self.max_rounds, nfold=_n_inner_folds(y),
+                      stratified=True, early_stopping_rounds=self.early_stopping, seed=self.seed,
+                      shuffle=True, as_pandas=False)
+        self.n_rounds = max(1, len(hist["test-auc-mean"]))
+        self.booster = xgb.train(params, dtrain, num_boost_round=self.n_rounds)
+        return self
+
+    def _dmatrix(self, X):
+        import xgboost as xgb
+
+        return xgb.DMatrix(np.asarray(X, dtype=np.float32), nthread=self.nthread)
+
+    def predict_proba(self, X):
+        """Probability of class 1, (n,)."""
+        return np.asarray(self.booster.inplace_predict(np.asarray(X, dtype=np.float32)), dtype=np.float64)
+
+    def contributions(self, X):
+        """XGBoost SHAP-style ``pred_contribs`` in log-odds, (n, Q + 1), bias last."""
+        return self.booster.predict(self._dmatrix(X), pred_contribs=True).astype(np.float64)
+
+    def importance(self, X=None):
+        """(F-score = number of splits, total gain) per column."""
+        w = self.booster.get_score(importance_type="weight")
+        g = self.booster.get_score(importance_type="total_gain")
+        names = [f"f{i}" for i in range(self.n_columns)]
+        return (np.array([float(w.get(n, 0.0)) for n in names]),
+                np.array([float(g.get(n, 0.0)) for n in names]))
+
+    def save(self, d: Path) -> dict:
+        """Write model.ubj; return metadata."""
+        self.booster.save_model(str(Path(d) / "model.ubj"))
+        return {"kind": self.kind, "file": "model.ubj", "n_rounds": self.n_rounds, "n_columns": self.n_columns,
+                "seed": self.seed, "nthread": self.nthread, "max_rounds": self.max_rounds,
+                "early_stopping": self.early_stopping, "params": self.params_extra}
+
+    @classmethod
+    def load(cls, d: Path, meta: dict) -> "XGBoostClassifier":
+        """Read model.ubj."""
+        import xgboost as xgb
+
+        c = cls(seed=meta["seed"], nthread=meta["nthread"], max_rounds=meta["max_rounds"],
+                early_stopping=meta["early_stopping"], **meta["params"])
+        c.booster = xgb.Booster()
+        c.booster.load_model(str(Path(d) / meta["file"]))
+        c.booster.set_param({"nthread": c.nthread})
+        c.n_rounds = meta["n_rounds"]
+        c.n_columns = meta["n_columns"]
+        return c
+
+
+class _NumpyClassifier(Classifier):
+    """Shared parts of the numpy-inference classifiers: imputation, standardisation, npz I/O."""
+
+    def _fit_scaler(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        med = np.nanmedian(np.where(np.isnan(X).all(axis=0)[None, :], 0.0, X), axis=0)
+        self.impute_ = np.nan_to_num(med)
+        Xi = np.where(np.isnan(X), self.impute_, X)
+        self.mean_ = Xi.mean(axis=0)
+        sd = Xi.std(axis=0)
+        self.scale_ = np.where(sd > 0, sd, 1.0)
+        return self._z(X)
+
+    def _z(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        return (np.where(np.isnan(X), self.impute_, X) - self.mean_) / self.scale_
+
+    def _arrays(self) -> dict:
+        return {"impute": self.impute_, "mean": self.mean_, "scale": self.scale_}
+
+    def _set_arrays(self, a) -> None:
+        self.impute_, self.mean_, self.scale_ = a["impute"], a["mean"], a["scale"]
+
+    def save(self, d: Path) -> dict:
+        """Write params.npz; return metadata."""
+        np.savez(Path(d) / "params.npz", **self._arrays())
+        return {"kind": self.kind, "file": "params.npz", "seed": self.seed, "nthread": self.nthread,
+                **self._meta()}
+
+    def _meta(self) -> dict:
+        return {}
+
+    @classmethod
+    def load(cls, d: Path, meta: dict):
+        """Read params.npz (allow_pickle=False)."""
+        c = cls(seed=meta["seed"], nthread=meta["nthread"])
+        with np.load(Path(d) / meta["file"], allow_pickle=False) as a:
+            c._set_arrays({k: a[k] for k in a.files})
+        c._load_meta(meta)
+        return c
+
+    def _load_meta(self, meta: dict) -> None:
+        pass
+
+    def _logit_z(self, Z):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def predict_proba(self, X):
+        """Probability of class 1, (n,)."""
+        return _sigmoid(self._logit_z(self._z(X)))
+
+    def contributions(self, X):
+        """Occlusion contributions in log-odds (column -> training mean), (n, Q + 1), bias last."""
+        Z = self._z(X)
+        n, q = Z.shape
+        base = self._logit_z(np.zeros((1, q)))[0]
+        full = self._logit_z(Z)
+        occl = np.repeat(Z[:, None, :], q, axis=1)  # (n, q, q): row j has column j set to the mean (0)
+        occl[:, np.arange(q), np.arange(q)] = 0.0
+        without = self._logit_z(occl.reshape(n * q, q)).reshape(n, q)
+        return np.concatenate([full[:, None] - without, np.full((n, 1), base)], axis=1)
+
+
+class LogisticClassifier(_NumpyClassifier):
+    """L2 logistic regression on standardised columns (sklearn fit, numpy inference)."""
+
+    kind = "logreg"
+
+    def fit(self, X, y):
+        from sklearn.linear_model import LogisticRegression
+
+        Z = self._fit_scaler(X)
+        m = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=self.seed)
+        m.fit(Z, np.asarray(y).astype(int))
+        self.coef_ = m.coef_[0].astype(np.float64)
+        self.intercept_ = np.array([float(m.intercept_[0])])
+        self._sk = m
+        return self
+
+    def _logit_z(self, Z):
+        return Z @ self.coef_ + self.intercept_[0]
+
+    def contributions(self, X):
+        """coef * z per column, intercept as bias, (n, Q + 1)."""
+        Z = self._z(X)
+        return np.concatenate([Z * self.coef_[None, :], np.full((len(Z), 1), self.intercept_[0])], axis=1)
+
+    def importance(self, X=None):
+        """(|coef|, |coef|) on standardised columns."""
+        a = np.abs(self.coef_)
+        return a, a
+
+    def _arrays(self):
+        return {**super()._arrays(), "coef": self.coef_, "intercept": self.intercept_}
+
+    def _set_arrays(self, a):
+        super()._set_arrays(a)
+        self.coef_, self.intercept_ = a["coef"], a["intercept"]
+
+
+class SVMClassifier(_NumpyClassifier):
+    """RBF support vector machine with deterministic Platt-scaled probabilities (numpy inference)."""
+
+    kind = "svm"
+
+    def fit(self, X, y):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold
+        from sklearn.svm import SVC
+
+        y = np.asarray(y).astype(int)
+        Z = self._fit_scaler(X)
+        mk = lambda: SVC(kernel="rbf", C=1.0, gamma="scale", class_weight="balanced")  # noqa: E731
+        # Platt scaling on decision values the SVM did not see (inner CV), as libsvm does
+        dec = np.zeros(len(y))
+        skf = StratifiedKFold(n_splits=_n_inner_folds(y, 5), shuffle=True, random_state=self.seed)
+        for tr, te in skf.split(Z, y):
+            dec[te] = mk().fit(Z[tr], y[tr]).decision_function(Z[te])
+        platt = LogisticRegression(C=1e6, max_iter=1000).fit(dec[:, None], y)
+        self.platt_ = np.array([-float(platt.coef_[0, 0]), -float(platt.intercept_[0])])  # P=1/(1+exp(A f+B))
+        m = mk().fit(Z, y)
+        self.sv_ = m.support_vectors_.astype(np.float64)
+        self.dual_ = m.dual_coef_[0].astype(np.float64)
+        self.intercept_ = np.array([float(m.intercept_[0])])
+        self.gamma_ = np.array([float(m._gamma)])
+        self._sk = m
+        return self
+
+    def decision_function(self, Z):
+        """SVM decision value for standardised rows Z (positive -> class 1)."""
+        d2 = (Z ** 2).sum(1)[:, None] + (self.sv_ ** 2).sum(1)[None, :] - 2.0 * Z @ self.sv_.T
+        return np.exp(-self.gamma_[0] * np.maximum(d2, 0.0)) @ self.dual_ + self.intercept_[0]
+
+    def _logit_z(self, Z):
+        a, b = self.platt_
+        return -(a * self.decision_function(Z) + b)
+
+    def _arrays(self):
+        return {**super()._arrays(), "support_vectors": self.sv_, "dual_coef": self.dual_,
+                "intercept": self.intercept_, "gamma": self.gamma_, "platt": self.platt_}
+
+    def _set_arrays(self, a):
+        super()._set_arrays(a)
+        self.sv_, self.dual_, self.intercept_ = a["support_vectors"], a["dual_coef"], a["intercept"]
+        self.gamma_, self.platt_ = a["gamma"], a["platt"]
+
+
+class MLPClassifier(_NumpyClassifier):
+    """Multi-layer perceptron (ReLU hidden layers, logistic output), sklearn fit, numpy inference."""
+
+    kind = "mlp"
+
+    def __init__(self, seed=0, nthread=1, hidden=(32,)):
+        super().__init__(seed, nthread)
+        self.hidden = tuple(int(h) for h in hidden)
+
+    def fit(self, X, y):
+        import warnings
+
+        from sklearn.neural_network import MLPClassifier as SkMLP
+
+        Z = self._fit_scaler(X)
+        m = SkMLP(hidden_layer_sizes=self.hidden, activation="relu", alpha=1e-2, max_iter=1000,
+                  random_state=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m.fit(Z, np.asarray(y).astype(int))
+        self.weights_ = [w.astype(np.float64) for w in m.coefs_]
+        self.biases_ = [b.astype(np.float64) for b in m.intercepts_]
+        self._sk = m
+        return self
+
+    def _logit_z(self, Z):
+        h = Z
+        for w, b in zip(self.weights_[:-1], self.biases_[:-1]):
+            h = np.maximum(h @ w + b, 0.0)
+        return (h @ self.weights_[-1] + self.biases_[-1])[:, 0]
+
+    def _arrays(self):
+        a = super()._arrays()
+        for i, (w, b) in enumerate(zip(self.weights_, self.biases_)):
+            a[f"W{i}"], a[f"b{i}"] = w, b
+        return a
+
+    def _set_arrays(self, a):
+        super()._set_arrays(a)
+        n = sum(1 for k in a if k.startswith("W"))
+        self.weights_ = [a[f"W{i}"] for i in range(n)]
+        self.biases_ = [a[f"b{i}"] for i in range(n)]
+
+    def _meta(self):
+        return {"hidden": list(self.hidden), "activation": "relu"}
+
+    def _load_meta(self, meta):
+        self.hidden = tuple(meta.get("hidden", ()))
+
+
+_CLASSES = {"xgboost": XGBoostClassifier, "logreg": LogisticClassifier, "svm": SVMClassifier,
+            "mlp": MLPClassifier}
+
+
+def make_classifier(kind: str = "xgboost", seed: int = 0, nthread: int = 1) -> Classifier:
+    """A new, unfitted classifier by name."""
+    if kind not in _CLASSES:
+        raise ValueError(f"unknown classifier {kind!r}; choose one of {CLASSIFIERS}")
+    return _CLASSES[kind](seed=seed, nthread=nthread)
+
+
+def load_classifier(d: Path, meta: dict) -> Classifier:
+    """Load a classifier saved by ``save`` from folder ``d`` with its metadata."""
+    kind = meta.get("kind")
+    if kind not in _CLASSES:
+        raise ValueError(f"unknown classifier kind {kind!r}")
+    return _CLASSES[kind].load(Path(d), meta)

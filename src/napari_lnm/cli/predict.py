@@ -1,0 +1,215 @@
+"""``napari-lnm predict``: metastasis probability, top features and key tiles for one slide or a batch."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from napari_lnm.errors import CohortError, UserError
+
+HELP = "predict the metastasis probability of slide(s) with a trained model, with key tiles"
+
+
+class TqdmProgress:
+    """A ``progress(done, total, message)`` callback drawing one tqdm bar per stage (to stderr)."""
+
+    def __init__(self, desc: str = "", disable: bool = False, unit: str = "tile"):
+        self.desc = desc
+        self.disable = disable
+        self.unit = unit
+        self.bar = None
+        self._total = None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        from tqdm import tqdm
+
+        if total <= 0:
+            return
+        if self.bar is None or total != self._total:
+            self.close()
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, disable=self.disable,
+                            dynamic_ncols=True, leave=False)
+            self._total = total
+        self.bar.n = done
+        if message:
+            self.bar.set_postfix_str(message[:40], refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        """Close the current bar."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _safe(name: str) -> str:
+    """A folder name from a slide id."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "slide"
+
+
+def _read_prediction_cohort(csv: Path):
+    """Cohort CSV for prediction: slide_id and path required; label, roi optional (CohortError otherwise)."""
+    import pandas as pd
+
+    if not csv.is_file():
+        raise CohortError(f"{csv}: cohort CSV not found")
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise CohortError(f"{csv}: not a readable CSV ({type(exc).__name__})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in ("slide_id", "path") if c not in df.columns]
+    if missing:
+        raise CohortError(f"{csv}: cohort lacks column(s) {', '.join(missing)} (needs slide_id,path)")
+    empty = df.index[(df["slide_id"].str.strip() == "") | (df["path"].str.strip() == "")]
+    if len(empty):
+        raise CohortError(f"{csv}: line {int(empty[0]) + 2} has an empty slide_id or path")
+    dup = df["slide_id"][df["slide_id"].duplicated()]
+    if len(dup):
+        raise CohortError(f"{csv}: duplicate slide_id {dup.iloc[0]!r}")
+    return df
+
+
+def _jobs(args) -> list[dict]:
+    """One job per slide: slide_id, path, roi (optional), label (optional)."""
+    jobs: list[dict] = []
+    if args.cohort:
+        df, csv = _read_prediction_cohort(Path(args.cohort)), Path(args.cohort)
+        for r in df.to_dict(orient="records"):
+            p = Path(str(r["path"]))
+            if not p.is_absolute():
+                p = csv.parent / p
+            roi = r.get("roi")
+            if isinstance(roi, str) and roi:
+                roi = Path(roi) if Path(roi).is_absolute() else csv.parent / roi
+            else:
+                roi = None
+            jobs.append({"slide_id": str(r["slide_id"]), "path": p, "roi": roi, "label": r.get("label")})
+    for s in args.slides or []:
+        jobs.append({"slide_id": Path(s).stem, "path": Path(s), "roi": Path(args.roi) if args.roi else None,
+                     "label": None})
+    if not jobs:
+        raise UserError("give a SLIDE or --cohort cohort.csv")
+    if args.roi and len(jobs) > 1:
+        raise UserError("--roi applies to one slide; for a batch put an 'roi' column in the cohort CSV")
+    ids = [j["slide_id"] for j in jobs]
+    dup = {i for i in ids if ids.count(i) > 1}
+    if dup:
+        raise UserError(f"two slides share the id {sorted(dup)[0]!r}; rename one or use a cohort CSV with unique slide_id")
+    return jobs
+
+
+def _summary_row(pred: Any, job: dict, out: Path) -> dict:
+    """One line of summary.csv."""
+    top = pred.top_features
+    first = top.iloc[0] if len(top) else None
+    return {
+        "slide_id": job["slide_id"],
+        "path": str(job["path"]),
+        "probability": round(float(pred.probability), 6),
+        "prediction": pred.label,
+        "label": job.get("label"),
+        "n_tiles": pred.n_tiles,
+        "subtype": (pred.subtype or {}).get("subtype"),
+        "top_feature": None if first is None else str(first["element"]),
+        "top_contribution": None if first is None else round(float(first["contribution"]), 6),
+        "out_dir": str(out),
+    }
+
+
+def print_prediction(pred: Any, out: Path, top: int = 5, file=None) -> None:
+    """Print the probability, the top features and where the results are."""
+    file = file or sys.stdout
+    sub = f", subtype {pred.subtype['subtype']} -> model {pred.subtype.get('model_used')}" if pred.subtype else ""
+    print(f"{pred.slide_id}: P(metastasis) = {pred.probability:.3f} ({pred.label}); "
+          f"{pred.n_tiles} tile{'s' if pred.n_tiles != 1 else ''} at {pred.tiling.get('magnification', 0):g}x{sub}", file=file)
+    for r in pred.top_features.head(top).itertuples():
+        sign = "+" if r.contribution >= 0 else "-"
+        print(f"  {sign}{abs(r.contribution):.3f} log-odds  {r.element}  [{r.kind}]", file=file)
+    print(f"  results: {out}/result.json, importance.png, key_tiles.png, tiles.parquet", file=file)
+
+
+def run(args) -> int:
+    """Predict every requested slide; batch mode writes one folder per slide and summary.csv."""
+    import pandas as pd
+
+    from napari_lnm._atomic import atomic_path
+    from napari_lnm.model import ModelBundle
+    from napari_lnm.pipeline import Prediction, predict_slide, tiling_config_for
+
+    jobs = _jobs(args)
+    bundle = ModelBundle.load(args.model)
+    config = tiling_config_for(bundle, max_tiles=args.max_tiles, seed=args.seed, min_tissue=args.min_tissue)
+    subtype_model = None
+    if args.subtype_model:
+        from napari_lnm.subtype import SubtypeModel
+
+        subtype_model = SubtypeModel.load(args.subtype_model)
+    out_root = Path(args.out)
+    batch = len(jobs) > 1 or bool(args.cohort)
+    rows, failed = [], []
+    for k, job in enumerate(jobs):
+        out = out_root / _safe(job["slide_id"]) if batch else out_root
+        done = out / "result.json"
+        if batch and done.is_file() and not args.force:
+            try:
+                pred = Prediction.load(out)
+                print(f"[{k + 1}/{len(jobs)}] {job['slide_id']}: already done (P = {pred.probability:.3f}), skipped")
+                rows.append(_summary_row(pred, job, out))
+                continue
+            except UserError:
+                pass  # damaged result: redo it
+        bar = TqdmProgress(desc=f"[{k + 1}/{len(jobs)}] {job['slide_id']}" if batch else job["slide_id"],
+                           disable=args.quiet)
+        try:
+            pred = predict_slide(job["path"], bundle, rois=job["roi"], config=config, mpp=args.mpp,
+                                 subtype_model=subtype_model, top_k=args.top_k, n_key_tiles=args.key_tiles,
+                                 slide_id=job["slide_id"], progress=bar)
+        except UserError as exc:
+            bar.close()
+            if not batch:
+                raise
+            print(f"[{k + 1}/{len(jobs)}] {job['slide_id']}: error: {exc}", file=sys.stderr)
+            failed.append(job["slide_id"])
+            continue
+        finally:
+            bar.close()
+        pred.model.setdefault("path", str(args.model))
+        pred.save(out)
+        print_prediction(pred, out)
+        rows.append(_summary_row(pred, job, out))
+    if batch:
+        summary = out_root / "summary.csv"
+        with atomic_path(summary) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+        print(f"{len(rows)} slide(s) predicted, {len(failed)} failed; summary: {summary}")
+    return 1 if failed else 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``napari-lnm predict``."""
+    p = subparsers.add_parser(
+        "predict", help=HELP, description=HELP.capitalize() + ". One slide: results in OUT. Several slides or "
+        "--cohort: one folder per slide in OUT plus OUT/summary.csv; finished slides are skipped (resume).",
+    )
+    p.add_argument("slides", nargs="*", metavar="SLIDE", help="slide file(s) (SVS, NDPI, MRXS, TIFF, PNG/JPEG ...)")
+    p.add_argument("--cohort", metavar="CSV", help="cohort CSV (slide_id,path[,label][,roi]) instead of SLIDEs")
+    p.add_argument("--roi", metavar="GEOJSON", help="region of interest (QuPath GeoJSON, level-0 px) for one slide")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model bundle from napari-lnm train")
+    p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder")
+    p.add_argument("--mpp", type=float, default=None, help="µm per pixel, for slides without that metadata")
+    p.add_argument("--max-tiles", type=int, default=None, metavar="N",
+                   help="analyse N tiles drawn at random (default: every tile)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --max-tiles sampling (default 0)")
+    p.add_argument("--min-tissue", type=float, default=None, metavar="F",
+                   help="minimum tissue fraction of a tile (default: the model's)")
+    p.add_argument("--subtype-model", metavar="DIR", help="CNN subtype model: route the slide to its subtype's model")
+    p.add_argument("--top-k", type=int, default=10, help="number of top features reported (default 10)")
+    p.add_argument("--key-tiles", type=int, default=10, help="number of key tiles (default 10)")
+    p.add_argument("--force", action="store_true", help="batch: redo slides that already have a result")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p

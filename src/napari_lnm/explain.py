@@ -1,0 +1,353 @@
+"""Key tiles: the tiles of a slide that explain its metastasis prediction.
+
+The model works on fused per-slide elements (``"<feature>|bin<k>"`` for the
+histogram fusion: the fraction of the slide's tiles whose ``feature`` falls in
+bin ``k``).  A selected element with a positive contribution (log-odds) pushes
+the prediction up; the tiles that *are* that element are the tiles whose
+feature value lies in the element's bin ``[bin_lo, bin_hi)``.  Each tile is
+scored by the summed contributions of the elements it hits; the best ``n``
+tiles are numbered 1..n and colour-coded by the kind of their own reason: the
+hit element with the largest per-tile share of its contribution (contribution /
+number of tiles in its bin), so that an element whose bin holds nearly every
+tile does not name every tile (:data:`KIND_COLOURS`, shared with the napari widget).
+
+For fusions without bins (mean, max, p-norm ...) an element stands for the
+whole distribution of its feature; the tiles at the extreme in the direction
+that raises risk (top quintile) are taken as its hits.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Mapping, Optional
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "KIND_COLOURS",
+    "KINDS",
+    "KEY_TILE_COLUMNS",
+    "feature_kind",
+    "feature_unit",
+    "element_direction",
+    "key_tiles",
+]
+
+#: Kind of a feature -> display colour (hex), used by the PNG report and the napari widget.
+KIND_COLOURS: dict[str, str] = {
+    "nucleus size": "#e31a1c",  # red
+    "nucleus texture": "#1f6fe0",  # blue
+    "arrangement": "#1a9850",  # green
+    "tile texture": "#f5c400",  # yellow
+    "other": "#8c8c8c",  # grey: clinical variables, deep features
+}
+KINDS: tuple[str, ...] = tuple(KIND_COLOURS)
+
+KEY_TILE_COLUMNS = [
+    "rank", "x", "y", "size", "kind", "colour", "feature", "element", "bin",
+    "value", "score", "effect", "reason", "tile_index",
+]
+
+_TEXTURE_TOKENS = frozenset({
+    "intensity", "texture", "gradient", "grad", "entropy", "glcm", "haralick", "contrast",
+    "homogeneity", "energy", "correlation", "dissimilarity", "asm", "lbp", "od",
+    "h", "e", "hematoxylin", "haematoxylin", "eosin", "skew", "skewness", "kurtosis",
+    "chromatin", "sobel", "laplacian", "idm", "variance_h",
+})
+_ARRANGEMENT_TOKENS = frozenset({"count", "density", "number", "crowding", "nnd", "neighbours", "neighbors"})
+
+
+def _tokens(name: str) -> set[str]:
+    """Lower-case word tokens of a feature name ('nucleus.area_mean' -> {'area', 'mean'})."""
+    return {t for t in re.split(r"[^a-z0-9]+", name.lower()) if t}
+
+
+def feature_kind(feature_name: str) -> str:
+    """Kind of a tile feature: 'nucleus size', 'nucleus texture', 'arrangement', 'tile texture' or 'other'."""
+    name = str(feature_name).split("|", 1)[0].lower()
+    group, _, rest = name.partition(".")
+    if not rest:
+        group, rest = "", name
+    if group == "graph":
+        return "arrangement"
+    if group == "nucleus":
+        toks = _tokens(rest)
+        if toks & _ARRANGEMENT_TOKENS:
+            return "arrangement"
+        if toks & _TEXTURE_TOKENS:
+            return "nucleus texture"
+        return "nucleus size"  # morphology: area, perimeter, axes, eccentricity, solidity ...
+    if group == "tile":
+        return "tile texture"
+    return "other"
+
+
+_UNIT_GUESS = (
+    ("density", "/mm²"),
+    ("area", "µm²"),
+    ("perimeter", "µm"),
+    ("diameter", "µm"),
+    ("axis", "µm"),
+    ("distance", "µm"),
+    ("length", "µm"),
+    ("dist", "µm"),
+)
+
+
+def feature_unit(feature_name: str, units: Optional[Mapping[str, str]] = None) -> str:
+    """Unit of a feature ('µm', 'µm²', '/mm², 'OD' or ''), from ``units`` or the feature catalogue."""
+    if units is not None and feature_name in units:
+        return units[feature_name] or ""
+    catalog = _catalog_units()
+    if feature_name in catalog:
+        return catalog[feature_name] or ""
+    low = feature_name.lower()
+    for word, unit in _UNIT_GUESS:
+        if word in low:
+            return unit
+    return ""
+
+
+_CATALOG: Optional[dict[str, str]] = None
+
+
+def _catalog_units() -> dict[str, str]:
+    """Feature name -> unit from ``features.feature_catalog()`` (empty if unavailable)."""
+    global _CATALOG
+    if _CATALOG is None:
+        try:
+            from napari_lnm.features import feature_catalog
+
+            _CATALOG = {f.name: getattr(f, "unit", "") or "" for f in feature_catalog()}
+        except Exception:  # features module not importable: fall back to name heuristics
+            return {}
+        cleaned = {}
+        for k, v in _CATALOG.items():
+            v = str(v)
+            cleaned[k] = "" if v in ("1", "-", "none", "None", "count", "fraction") else v
+        _CATALOG = cleaned
+    return _CATALOG
+
+
+def element_direction(row: Mapping) -> int:
+    """+1 if a larger element value means higher risk, -1 if lower, from a 'direction' entry (default +1)."""
+    d = row.get("direction", None) if hasattr(row, "get") else None
+    if d is None or (isinstance(d, float) and math.isnan(d)):
+        return 1
+    if isinstance(d, str):
+        s = d.lower()
+        if s.startswith("-") or "lower" in s or "neg" in s or "less" in s or "down" in s:
+            return -1
+        return 1
+    try:
+        return -1 if float(d) < 0 else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def _bin_index(row: Mapping) -> Optional[int]:
+    """Histogram bin (1..B) of an element, from its 'bin' entry or its '<feature>|bin<k>' name; None if not binned."""
+    b = row.get("bin", None)
+    if b is not None and not (isinstance(b, float) and math.isnan(b)):
+        try:
+            b = int(b)
+            return b if b >= 1 else None  # fusion convention: bins 1..B, 0 = summary element
+        except (TypeError, ValueError):
+            pass
+    m = re.search(r"\|bin(\d+)$", str(row.get("element", "")))
+    return int(m.group(1)) if m and int(m.group(1)) >= 1 else None
+
+
+def _fmt(v: float) -> str:
+    """Short human number: 3 significant digits, no exponent for ordinary values."""
+    if v is None or not np.isfinite(v):
+        return "∞" if (v is not None and v > 0) else "-∞"
+    a = abs(v)
+    if a != 0 and (a < 1e-3 or a >= 1e5):
+        return f"{v:.2e}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}" if a < 1 else f"{v:.2f}"
+
+
+def _hits(
+    values: np.ndarray, row: Mapping, risk_sign: int, extreme_q: float, n_bins: Optional[int]
+) -> tuple[np.ndarray, str]:
+    """Boolean hit mask of tiles for one element and a text describing the bin or extreme."""
+    finite = np.isfinite(values)
+    b = _bin_index(row)
+    lo = row.get("bin_lo", np.nan)
+    hi = row.get("bin_hi", np.nan)
+    lo = -np.inf if lo is None or not np.isfinite(float(lo)) else float(lo)
+    hi = np.inf if hi is None or not np.isfinite(float(hi)) else float(hi)
+    if b is not None and (np.isfinite(lo) or np.isfinite(hi)):
+        # values outside the training range fall into the end bins (as in the fusion)
+        lo_test = -np.inf if b == 1 else lo
+        hi_test = np.inf if (n_bins is not None and b >= n_bins) else hi
+        hit = finite & (values >= lo_test) & (values < hi_test)
+        return hit, f"in bin {b} ({_fmt(lo)}–{_fmt(hi)})"
+    if not finite.any():
+        return np.zeros_like(finite), ""
+    if risk_sign >= 0:
+        thr = np.quantile(values[finite], 1.0 - extreme_q)
+        return finite & (values >= thr), f"among the highest {int(extreme_q * 100)}% of tiles (≥ {_fmt(thr)})"
+    thr = np.quantile(values[finite], extreme_q)
+    return finite & (values <= thr), f"among the lowest {int(extreme_q * 100)}% of tiles (≤ {_fmt(thr)})"
+
+
+def _top_bins(contribs: pd.DataFrame, n_bins: Optional[int]) -> dict[str, int]:
+    """Number of bins per feature: ``n_bins`` if known, else the largest bin seen among the elements."""
+    out: dict[str, int] = {}
+    for _, row in contribs.iterrows():
+        b = _bin_index(row)
+        if b is not None:
+            f = str(row["feature"])
+            out[f] = int(n_bins) if n_bins else max(out.get(f, 1), b)
+    return out
+
+
+def _value_direction(row: Mapping, risk_sign: int, top_bin: Mapping[str, int]) -> float:
+    """+1 if larger tile values of the element's feature mean more risk, -1 if smaller, 0 if neither.
+
+    Summary elements: ``risk_sign``.  Bin ``k`` of ``B`` with more risk when the bin is fuller:
+    upper bins -> larger values, lower bins -> smaller values, the middle bin -> 0.
+    """
+    b = _bin_index(row)
+    if b is None:
+        return float(risk_sign)
+    nb = top_bin.get(str(row["feature"]), b)
+    return float(np.sign(b - (nb + 1) / 2.0)) * float(risk_sign)
+
+
+def _risk_rank(values: np.ndarray, direction: float) -> np.ndarray:
+    """Rank of each value in [0, 1] along ``direction`` (1 = most extreme in the risk direction; NaN -> 0)."""
+    out = np.zeros(values.shape, dtype=float)
+    finite = np.isfinite(values)
+    if direction == 0 or finite.sum() < 2:
+        return out + 0.5 * finite
+    from scipy.stats import rankdata
+
+    r = (rankdata(values[finite]) - 1.0) / (finite.sum() - 1.0)
+    out[finite] = r if direction > 0 else 1.0 - r
+    return out
+
+
+def key_tiles(
+    tiles_df: pd.DataFrame,
+    contributions_df: pd.DataFrame,
+    n: int = 10,
+    *,
+    max_elements: int = 20,
+    extreme_q: float = 0.2,
+    n_bins: Optional[int] = None,
+    units: Optional[Mapping[str, str]] = None,
+) -> pd.DataFrame:
+    """Rank the tiles that explain a prediction; returns :data:`KEY_TILE_COLUMNS` (x, y, size in level-0 px).
+
+    ``tiles_df``: one row per tile with ``x, y, size`` and the feature columns.
+    ``contributions_df``: one row per selected element with ``element, feature,
+    contribution`` (log-odds) and, for histogram fusion, ``bin`` (1..B; 0 for a
+    summary element), ``bin_lo, bin_hi`` (bin 1 and bin ``n_bins`` are open-ended);
+    an optional ``direction`` (+1 / -1 or 'higher'/'lower in metastatic') says
+    whether a larger element value means higher risk (default +1).
+    Elements pushing the prediction up are explained first; when none does,
+    the strongest elements are used and the reasons say "lowers risk".
+    """
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in KEY_TILE_COLUMNS})
+    if n <= 0 or tiles_df is None or len(tiles_df) == 0 or contributions_df is None or len(contributions_df) == 0:
+        return empty
+    for col in ("x", "y", "size"):
+        if col not in tiles_df.columns:
+            raise ValueError(f"tiles table lacks column {col!r}")
+    c = contributions_df.copy()
+    if "feature" not in c.columns:
+        c["feature"] = c["element"].astype(str).str.split("|").str[0]
+    c = c[c["feature"].isin(tiles_df.columns) & np.isfinite(c["contribution"].astype(float))]
+    c = c[c["contribution"].astype(float) != 0.0]
+    if c.empty:
+        return empty
+
+    contrib = c["contribution"].astype(float)
+    up = c[contrib > 0].assign(_abs=contrib[contrib > 0])
+    if not up.empty:
+        effect = "raises risk"
+        chosen = up.sort_values("_abs", ascending=False, kind="mergesort")
+        # an element whose value is *low* for this slide while low means risk is explained by
+        # the tiles that are absent from its bin: its bin tiles are not the reason.
+        keep = []
+        for _, row in chosen.iterrows():
+            sign = element_direction(row)
+            keep.append(not (_bin_index(row) is not None and sign < 0))
+        chosen = chosen[np.array(keep, dtype=bool)] if any(keep) else chosen
+    else:
+        effect = "lowers risk"
+        chosen = c.assign(_abs=contrib.abs()).sort_values("_abs", ascending=False, kind="mergesort")
+    chosen = chosen.head(max_elements).reset_index(drop=True)
+
+    n_tiles = len(tiles_df)
+    score = np.zeros(n_tiles)
+    best = np.full(n_tiles, -1, dtype=int)
+    best_w = np.zeros(n_tiles)
+    extremity = np.zeros(n_tiles)  # tie-break: how far each tile lies in its elements' risk direction
+    top_bin = _top_bins(c, n_bins)
+    descr: list[str] = []
+    for j, row in chosen.iterrows():
+        vals = tiles_df[row["feature"]].to_numpy(dtype=float)
+        risk_sign = element_direction(row) * (1 if effect == "raises risk" else -1)
+        hit, text = _hits(vals, row, risk_sign, extreme_q, n_bins)
+        descr.append(text)
+        w = float(row["_abs"])
+        score[hit] += w
+        extremity[hit] += w * _risk_rank(vals, _value_direction(row, risk_sign, top_bin))[hit]
+        # a tile's own reason: the hit element with the largest per-tile share of its contribution
+        # (an element whose bin holds most tiles says little about any one of them)
+        share = w / max(int(hit.sum()), 1)
+        better = hit & (share > best_w)
+        best[better] = j
+        best_w[better] = share
+    cand = np.flatnonzero(score > 0)
+    if cand.size == 0:
+        return empty
+    tf = tiles_df["tissue_fraction"].to_numpy(dtype=float) if "tissue_fraction" in tiles_df else np.zeros(n_tiles)
+    tf = np.nan_to_num(tf)
+    # rank: summed contribution, then extremity in the risk direction, most specific element,
+    # tissue, position (deterministic)
+    order = np.lexsort((cand, -tf[cand], -best_w[cand], -np.round(extremity[cand], 12), -np.round(score[cand], 12)))
+    top = cand[order][:n]
+
+    rows = []
+    for rank, i in enumerate(top, start=1):
+        el = chosen.iloc[best[i]]
+        feat = str(el["feature"])
+        kind = feature_kind(feat)
+        value = float(tiles_df[feat].iloc[i])
+        unit = feature_unit(feat, units)
+        vtxt = f"{_fmt(value)} {unit}".rstrip()
+        text = descr[best[i]]
+        if effect == "raises risk":
+            tail = "higher in metastatic" if element_direction(el) >= 0 else "lower in metastatic"
+        else:
+            tail = "lowers risk"
+        reason = f"{feat} = {vtxt} {text}, {tail}".replace("  ", " ")
+        b = _bin_index(el)
+        rows.append({
+            "rank": rank,
+            "x": int(tiles_df["x"].iloc[i]),
+            "y": int(tiles_df["y"].iloc[i]),
+            "size": int(tiles_df["size"].iloc[i]),
+            "kind": kind,
+            "colour": KIND_COLOURS[kind],
+            "feature": feat,
+            "element": str(el.get("element", feat)),
+            "bin": b if b is not None else 0,
+            "value": value,
+            "score": float(score[i]) if effect == "raises risk" else -float(score[i]),
+            "effect": effect,
+            "reason": reason,
+            "tile_index": int(i),
+        })
+    return pd.DataFrame(rows, columns=KEY_TILE_COLUMNS)

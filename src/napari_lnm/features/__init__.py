@@ -1,0 +1,131 @@
+"""Per-tile features in three groups — ``tile.*`` (H/E images), ``nucleus.*`` (nucleus label image)
+and ``graph.*`` (nucleus centroids) — with lengths in µm, areas in µm², densities per mm² and
+intensities in OD, so tiles at any magnification are comparable.
+
+``analyse_tile`` runs colour deconvolution and nucleus segmentation (``napari_lnm.stain`` /
+``napari_lnm.nuclei``, imported lazily) unless a label image is given, then all three groups.
+``feature_names()`` is the fixed order of the feature dict; ``feature_catalog()`` documents each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from napari_lnm.errors import UserError
+
+from . import graph as _graph
+from . import nucleus as _nucleus
+from . import tile as _tile
+from .catalog import FeatureInfo
+
+__all__ = [
+    "FeatureInfo",
+    "TileAnalysis",
+    "analyse_tile",
+    "tile_features",
+    "features_frame",
+    "feature_names",
+    "feature_catalog",
+    "features_from_images",
+]
+
+
+@dataclass
+class TileAnalysis:
+    """Everything computed for one tile: H and E (float32 OD), nucleus ``labels`` (int32),
+    ``centroids`` (n, 2) row/col px, and the ``features`` dict (keys = ``feature_names()``)."""
+
+    h: np.ndarray
+    e: np.ndarray
+    labels: np.ndarray
+    centroids: np.ndarray
+    features: dict[str, float] = field(default_factory=dict)
+
+
+def feature_catalog() -> list[FeatureInfo]:
+    """Every feature with its group, unit and definition, in the fixed feature order."""
+    return list(_tile.CATALOG) + list(_nucleus.CATALOG) + list(_graph.CATALOG)
+
+
+_NAMES: tuple[str, ...] = tuple(i.name for i in feature_catalog())
+if len(set(_NAMES)) != len(_NAMES):  # pragma: no cover - guards the catalogue definition
+    raise RuntimeError("duplicate feature names in the catalogue")
+
+
+def feature_names() -> list[str]:
+    """The fixed, stable order of all feature names (``tile.*``, ``nucleus.*``, ``graph.*``)."""
+    return list(_NAMES)
+
+
+def _check_mpp(mpp: float) -> float:
+    """Validate µm/px."""
+    try:
+        mpp = float(mpp)
+    except (TypeError, ValueError):
+        raise UserError(f"mpp must be a number of µm per pixel, got {mpp!r}") from None
+    if not (np.isfinite(mpp) and mpp > 0):
+        raise UserError(f"mpp must be a positive number of µm per pixel, got {mpp}")
+    return mpp
+
+
+def features_from_images(
+    h: np.ndarray, e: np.ndarray, labels: np.ndarray, mpp: float
+) -> tuple[dict[str, float], np.ndarray]:
+    """All features from precomputed H, E (float32 OD) and nucleus labels; returns (features, centroids)."""
+    mpp = _check_mpp(mpp)
+    h = np.asarray(h, dtype=np.float32)
+    e = np.asarray(e, dtype=np.float32)
+    labels = np.asarray(labels)
+    if h.shape != labels.shape:
+        raise UserError(f"labels shape {labels.shape} does not match the image shape {h.shape}")
+    gh = _tile.gradient_magnitude(h, mpp)
+    ge = _tile.gradient_magnitude(e, mpp)
+    feats = _tile.tile_group_features(h, e, mpp, grads=(gh, ge))
+    table = _nucleus.nucleus_table(labels, mpp, h, gh)
+    feats.update(_nucleus.nucleus_features(labels, mpp, table=table))
+    feats.update(_graph.graph_features(table.centroids, labels.shape, mpp))
+    out = {name: float(feats.get(name, np.nan)) for name in _NAMES}
+    return out, table.centroids
+
+
+def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None) -> TileAnalysis:
+    """Deconvolve, segment (unless ``labels`` is given) and compute all features of an RGB uint8 tile at ``mpp`` µm/px."""
+    from napari_lnm.stain import as_rgb, separate
+
+    mpp = _check_mpp(mpp)
+    rgb = as_rgb(rgb, "tile")
+    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise UserError(f"tile: image too small for features, shape {rgb.shape}")
+    h, e = separate(rgb)
+    if labels is None:
+        from napari_lnm.nuclei import segment_nuclei
+
+        labels = segment_nuclei(rgb, mpp, h=h)
+    labels = np.asarray(labels)
+    if labels.shape != rgb.shape[:2]:
+        raise UserError(f"tile: label image shape {labels.shape} does not match the tile {rgb.shape[:2]}")
+    feats, centroids = features_from_images(h, e, labels, mpp)
+    return TileAnalysis(h=h, e=e, labels=labels.astype(np.int32, copy=False), centroids=centroids, features=feats)
+
+
+def tile_features(rgb: np.ndarray, mpp: float) -> dict[str, float]:
+    """All features of one RGB uint8 tile at ``mpp`` µm/px, keys in ``feature_names()`` order (NaN where undefined)."""
+    return analyse_tile(rgb, mpp).features
+
+
+def features_frame(tiles: Sequence[np.ndarray], mpp: float, progress=None, should_stop=None):
+    """Features of many RGB tiles at ``mpp`` µm/px as a pandas DataFrame, one row per tile, columns ``feature_names()``."""
+    import pandas as pd
+
+    from napari_lnm.progress import check_stop, report
+
+    rows = np.full((len(tiles), len(_NAMES)), np.nan)
+    for i, rgb in enumerate(tiles):
+        check_stop(should_stop)
+        f = tile_features(rgb, mpp)
+        rows[i] = [f[k] for k in _NAMES]
+        report(progress, i + 1, len(tiles), "tile features")
+    return pd.DataFrame(rows, columns=list(_NAMES))

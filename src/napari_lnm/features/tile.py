@@ -1,0 +1,286 @@
+"""Tile-level features from the H and E concentration images: intensity statistics, GLCM (Haralick)
+texture, gradient statistics, stain area fractions and the morphology of H-/E-positive regions.
+
+All intensities are stain concentrations in optical-density (OD) units; thresholds and quantisation
+ranges are fixed (not per tile) so values are comparable between tiles and slides. Lengths are in µm,
+areas in µm², gradients in OD/µm, densities per mm².
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_lnm.errors import UserError
+
+from .catalog import FeatureInfo
+
+__all__ = ["tile_group_features", "gradient_magnitude", "CATALOG", "H_RANGE", "E_RANGE", "GLCM_DISTANCES_UM"]
+
+GROUP = "tile"
+#: Fixed quantisation ranges of the concentrations (OD); values above are clipped to the top level.
+H_RANGE = (0.0, 2.0)
+E_RANGE = (0.0, 0.6)
+#: GLCM pixel-pair distances in µm (converted to px with mpp, at least 1 px), averaged over 4 angles.
+GLCM_DISTANCES_UM = (1.0, 3.0)
+GLCM_LEVELS = 32
+#: GLCM pixel pairs start on every GLCM_STRIDE-th row and column (a uniform quarter of all pairs).
+GLCM_STRIDE = 2
+_GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
+#: Thresholds (OD) for stain area fractions.
+BACKGROUND_OD = 0.1  # H + E below this: unstained background
+H_POSITIVE_OD = 0.5  # H at or above this: haematoxylin-positive (nuclear) pixel
+E_POSITIVE_OD = 0.15  # E at or above this (and not H-positive): eosin-positive pixel
+MIN_REGION_UM2 = 2.0  # smaller connected components are ignored by the region morphology
+_HIST_BINS = 512
+GRAD_RANGE = (0.0, 4.0)  # OD/µm, histogram range for gradient quantiles
+
+_STAINS = (("h", "haematoxylin", H_RANGE), ("e", "eosin", E_RANGE))
+
+_INTENSITY = (
+    ("mean", "OD", "mean {s} concentration"),
+    ("std", "OD", "standard deviation of {s} concentration"),
+    ("p10", "OD", "10th percentile of {s} concentration (512-bin histogram over {r} OD)"),
+    ("p50", "OD", "median of {s} concentration (512-bin histogram over {r} OD)"),
+    ("p90", "OD", "90th percentile of {s} concentration (512-bin histogram over {r} OD)"),
+    ("skewness", "1", "skewness of {s} concentration"),
+    ("kurtosis", "1", "excess kurtosis of {s} concentration"),
+    ("entropy", "bits", "entropy of the 64-bin {s} histogram over {r} OD"),
+)
+_GLCM_PROPS = (
+    ("contrast", "levels²", "sum P(i,j) (i-j)²"),
+    ("dissimilarity", "levels", "sum P(i,j) |i-j|"),
+    ("homogeneity", "1", "sum P(i,j) / (1 + (i-j)²)"),
+    ("energy", "1", "sqrt(ASM)"),
+    ("correlation", "1", "sum P(i,j) (i-mu_i)(j-mu_j) / (sigma_i sigma_j)"),
+    ("asm", "1", "angular second moment, sum P(i,j)²"),
+    ("entropy", "bits", "-sum P(i,j) log2 P(i,j)"),
+)
+_GRADIENT = (
+    ("mean", "OD/µm", "mean {s} gradient magnitude"),
+    ("std", "OD/µm", "standard deviation of the {s} gradient magnitude"),
+    ("p90", "OD/µm", "90th percentile of the {s} gradient magnitude"),
+)
+_REGIONS = (
+    ("density", "1/mm²", "{s}-positive connected components (>= {m} µm², 4-connected) per mm² of tile"),
+    ("mean_area", "µm²", "mean area of {s}-positive connected components (>= {m} µm²)"),
+    ("boundary_per_area", "1/µm", "{s}-positive boundary length (pixel edges) per {s}-positive area"),
+)
+
+
+def _dist_tag(d: float) -> str:
+    """Name tag of a GLCM distance in µm, e.g. 1.0 -> 'd1um', 1.5 -> 'd1.5um'."""
+    return f"d{d:g}um"
+
+
+def _build_catalog() -> list[FeatureInfo]:
+    """Catalogue of the tile group, in the order the features are computed."""
+    cat: list[FeatureInfo] = []
+    for key, sname, rng in _STAINS:
+        for stat, unit, what in _INTENSITY:
+            cat.append(FeatureInfo(f"tile.{key}_{stat}", GROUP, unit, what.format(s=sname, r=f"[{rng[0]:g}, {rng[1]:g}]")))
+    for key, sname, rng in _STAINS:
+        for d in GLCM_DISTANCES_UM:
+            for prop, unit, what in _GLCM_PROPS:
+                cat.append(
+                    FeatureInfo(
+                        f"tile.{key}_glcm_{prop}_{_dist_tag(d)}",
+                        GROUP,
+                        unit,
+                        f"GLCM {prop} of {sname} ({GLCM_LEVELS} levels over [{rng[0]:g}, {rng[1]:g}] OD, "
+                        f"distance {d:g} µm, symmetric, mean of 4 angles, pairs from every {GLCM_STRIDE}nd row/column): {what}",
+                    )
+                )
+    for key, sname, _rng in _STAINS:
+        for stat, unit, what in _GRADIENT:
+            cat.append(FeatureInfo(f"tile.{key}_gradient_{stat}", GROUP, unit, what.format(s=sname)))
+    cat += [
+        FeatureInfo("tile.background_fraction", GROUP, "1", f"fraction of tile pixels with H + E < {BACKGROUND_OD} OD"),
+        FeatureInfo("tile.h_positive_fraction", GROUP, "1", f"fraction of tile pixels with H >= {H_POSITIVE_OD} OD"),
+        FeatureInfo(
+            "tile.e_positive_fraction", GROUP, "1",
+            f"fraction of tile pixels with E >= {E_POSITIVE_OD} OD, not H-positive, not background",
+        ),
+        FeatureInfo("tile.h_e_ratio", GROUP, "1", "mean H / mean E over non-background pixels"),
+    ]
+    for key, sname, _rng in _STAINS:
+        for stat, unit, what in _REGIONS:
+            cat.append(FeatureInfo(f"tile.{key}_region_{stat}", GROUP, unit, what.format(s=key.upper(), m=MIN_REGION_UM2)))
+    return cat
+
+
+CATALOG: list[FeatureInfo] = _build_catalog()
+
+
+def gradient_magnitude(img: np.ndarray, mpp: float) -> np.ndarray:
+    """Central-difference gradient magnitude of an image, float32, in (image units)/µm."""
+    a = np.asarray(img, dtype=np.float32)
+    gr = np.zeros_like(a)
+    gc = np.zeros_like(a)
+    if a.shape[0] > 2:
+        gr[1:-1] = a[2:] - a[:-2]
+        gr[1:-1] *= 0.5
+    if a.shape[1] > 2:
+        gc[:, 1:-1] = a[:, 2:] - a[:, :-2]
+        gc[:, 1:-1] *= 0.5
+    np.multiply(gr, gr, out=gr)
+    np.multiply(gc, gc, out=gc)
+    gr += gc
+    np.sqrt(gr, out=gr)
+    gr *= np.float32(1.0 / mpp)
+    return gr
+
+
+def _hist_quantiles(x: np.ndarray, lo: float, hi: float, qs: tuple[float, ...], bins: int = _HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiles of ``x`` from a ``bins``-bin histogram over [lo, hi] (linear inside a bin); returns (quantiles, counts)."""
+    scale = bins / (hi - lo)
+    idx = ((x.ravel() - np.float32(lo)) * np.float32(scale)).astype(np.int32)
+    np.clip(idx, 0, bins - 1, out=idx)
+    counts = np.bincount(idx, minlength=bins)
+    cum = np.cumsum(counts)
+    total = cum[-1]
+    out = np.empty(len(qs))
+    for i, q in enumerate(qs):
+        target = q * total
+        b = int(np.searchsorted(cum, target, side="left"))
+        b = min(b, bins - 1)
+        before = cum[b - 1] if b > 0 else 0
+        frac = (target - before) / counts[b] if counts[b] > 0 else 0.0
+        out[i] = lo + (b + frac) / scale
+    return out, counts
+
+
+def _moments(x: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean, std, skewness and excess kurtosis of an array (NaN skew/kurtosis for a constant image)."""
+    d = x.astype(np.float64).ravel()
+    m = float(d.mean())
+    d -= m
+    var = float(np.dot(d, d)) / d.size
+    if var <= 1e-12:
+        return m, float(np.sqrt(max(var, 0.0))), np.nan, np.nan
+    d2 = d * d
+    m3 = float(np.dot(d2, d)) / d.size
+    m4 = float(np.dot(d2, d2)) / d.size
+    return m, float(np.sqrt(var)), m3 / var**1.5, m4 / var**2 - 3.0
+
+
+def _glcm_props(counts: np.ndarray) -> np.ndarray:
+    """Haralick properties (contrast, dissimilarity, homogeneity, energy, correlation, ASM, entropy bits)
+    of GLCM counts (L, L, n_angles), each averaged over angles."""
+    levels = counts.shape[0]
+    p = counts.astype(np.float64)
+    tot = p.sum(axis=(0, 1), keepdims=True)
+    p = p / np.where(tot > 0, tot, 1.0)
+    i = np.arange(levels, dtype=np.float64)[:, None, None]
+    j = np.arange(levels, dtype=np.float64)[None, :, None]
+    diff = i - j
+    contrast = (p * diff**2).sum(axis=(0, 1))
+    dissim = (p * np.abs(diff)).sum(axis=(0, 1))
+    homog = (p / (1.0 + diff**2)).sum(axis=(0, 1))
+    asm = (p * p).sum(axis=(0, 1))
+    energy = np.sqrt(asm)
+    mu_i = (p * i).sum(axis=(0, 1))
+    mu_j = (p * j).sum(axis=(0, 1))
+    var_i = (p * (i - mu_i) ** 2).sum(axis=(0, 1))
+    var_j = (p * (j - mu_j) ** 2).sum(axis=(0, 1))
+    cov = (p * (i - mu_i) * (j - mu_j)).sum(axis=(0, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        corr = np.where((var_i > 1e-15) & (var_j > 1e-15), cov / np.sqrt(var_i * var_j), 1.0)
+        ent = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=(0, 1))
+    props = np.stack([contrast, dissim, homog, energy, corr, asm, ent])  # (7, n_angles)
+    return props.mean(axis=1)
+
+
+def glcm_counts(q: np.ndarray, distance_px: int, levels: int, stride: int = GLCM_STRIDE) -> np.ndarray:
+    """Symmetric GLCM counts (levels, levels, 4 angles 0/45/90/135°) of a quantised image at one distance (px).
+
+    Pairs start on every ``stride``-th row and column (stride 1 = every pixel, as skimage's graycomatrix);
+    counting is one ``np.bincount`` per angle on ``i * levels + j`` codes.
+    """
+    q = np.asarray(q, dtype=np.uint16)
+    nr, nc = q.shape
+    d = int(distance_px)
+    dd = int(np.floor(d * np.sqrt(0.5) + 0.5))  # diagonal offsets as skimage: round(d sin 45°)
+    out = np.zeros((levels, levels, len(_GLCM_ANGLES)), dtype=np.int64)
+    for k, (dr, dc) in enumerate(((0, d), (dd, dd), (d, 0), (dd, -dd))):
+        # offsets (row, col) of skimage's graycomatrix for angles 0, 45, 90, 135 degrees
+        if dr >= nr or abs(dc) >= nc:
+            continue
+        c0, c1 = max(0, -dc), nc - max(0, dc)
+        ref = q[: nr - dr : stride, c0:c1:stride]
+        nb = q[dr::stride, c0 + dc : c1 + dc : stride][: ref.shape[0], : ref.shape[1]]
+        code = ref * np.uint16(levels)
+        code += nb
+        cnt = np.bincount(code.ravel(), minlength=levels * levels).reshape(levels, levels)
+        out[:, :, k] = cnt + cnt.T
+    return out
+
+
+def _glcm_features(img: np.ndarray, rng: tuple[float, float], mpp: float, stride: int = GLCM_STRIDE) -> np.ndarray:
+    """GLCM properties (7 per distance) of ``img`` quantised to GLCM_LEVELS over ``rng``, for each distance."""
+    q = ((img - np.float32(rng[0])) * np.float32(GLCM_LEVELS / (rng[1] - rng[0]))).astype(np.int16)
+    np.clip(q, 0, GLCM_LEVELS - 1, out=q)
+    q = q.view(np.uint16)
+    dists = [max(1, int(round(d / mpp))) for d in GLCM_DISTANCES_UM]
+    out = np.full((len(dists), len(_GLCM_PROPS)), np.nan)
+    for k, d in enumerate(dists):
+        counts = glcm_counts(q, d, GLCM_LEVELS, stride)
+        if counts.sum(axis=(0, 1)).min() > 0:
+            out[k] = _glcm_props(counts)
+    return out
+
+
+def _region_features(mask: np.ndarray, mpp: float, tile_mm2: float) -> tuple[float, float, float]:
+    """Component density (1/mm²), mean component area (µm²), boundary length per area (1/µm) of a mask."""
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return 0.0, np.nan, np.nan
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    min_px = MIN_REGION_UM2 / (mpp * mpp)
+    big = sizes[sizes >= min_px]
+    density = big.size / tile_mm2
+    mean_area = float(big.mean()) * mpp * mpp if big.size else np.nan
+    edges = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
+    area_px = int(sizes.sum())
+    bpa = edges / (area_px * mpp) if area_px else np.nan
+    return float(density), mean_area, float(bpa)
+
+
+def tile_group_features(
+    h: np.ndarray, e: np.ndarray, mpp: float, grads: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, float]:
+    """The ``tile.*`` features of one tile from its H and E concentration images (OD) at ``mpp`` µm/px."""
+    h = np.asarray(h, dtype=np.float32)
+    e = np.asarray(e, dtype=np.float32)
+    if h.ndim != 2 or h.shape != e.shape:
+        raise UserError(f"H and E must be 2-D images of the same shape, got {h.shape} and {e.shape}")
+    if h.size == 0:
+        raise UserError("H and E images are empty")
+    mpp = float(mpp)
+    if grads is None:
+        grads = (gradient_magnitude(h, mpp), gradient_magnitude(e, mpp))
+    vals: list[float] = []
+    for img, (_k, _s, rng) in zip((h, e), _STAINS):
+        mean, std, skew, kurt = _moments(img)
+        (p10, p50, p90), counts = _hist_quantiles(img, rng[0], rng[1], (0.1, 0.5, 0.9))
+        c64 = counts.reshape(64, -1).sum(axis=1).astype(np.float64)
+        pr = c64[c64 > 0] / c64.sum()
+        ent = float(-(pr * np.log2(pr)).sum())
+        vals += [mean, std, p10, p50, p90, skew, kurt, ent]
+    for img, (_k, _s, rng) in zip((h, e), _STAINS):
+        vals += list(_glcm_features(img, rng, mpp).ravel())
+    for g in grads:
+        gm, gs, _sk, _ku = _moments(g)
+        (g90,), _ = _hist_quantiles(g, GRAD_RANGE[0], GRAD_RANGE[1], (0.9,))
+        vals += [gm, gs, float(g90)]
+    tile_mm2 = h.size * mpp * mpp * 1e-6
+    bg = (h + e) < np.float32(BACKGROUND_OD)
+    hpos = h >= np.float32(H_POSITIVE_OD)
+    epos = (e >= np.float32(E_POSITIVE_OD)) & ~hpos & ~bg
+    n = float(h.size)
+    esum = float(np.sum(e, where=~bg, dtype=np.float64))
+    ratio = float(np.sum(h, where=~bg, dtype=np.float64)) / esum if esum > 0 else np.nan
+    vals += [np.count_nonzero(bg) / n, np.count_nonzero(hpos) / n, np.count_nonzero(epos) / n, ratio]
+    for mask in (hpos, epos):
+        vals += list(_region_features(mask, mpp, tile_mm2))
+    return {info.name: float(v) for info, v in zip(CATALOG, vals, strict=True)}

@@ -1,0 +1,434 @@
+"""Fusion of a slide's tile-feature table into one fixed-length vector per slide.
+
+Every fusion shares one interface::
+
+    fusion.fit(tables, feature_names)      # training slides only
+    X = fusion.transform(tables)           # (n_slides, P) float64
+    fusion.element_names                   # P names "<feature>|<part>"
+    fusion.element_info()                  # DataFrame: element, feature, bin, bin_lo, bin_hi, stat
+    fusion.to_dict() / fusion_from_dict(d) # JSON-able parameters
+
+:class:`HistogramFusion` is the method's default: per tile feature, the
+frequency of the slide's tiles in each of ``B`` bins whose edges are fitted on
+the pooled tiles of the training slides. Edges are **quantiles** by default:
+tile features are often heavily skewed (areas, densities, texture contrast), and
+equal-width bins over such a feature put almost every tile into one or two bins,
+so most histogram elements would be constant; quantile bins hold about ``1/B`` of
+the training tiles each and stay informative. ``edges="uniform"`` gives the
+equal-width bins of the worked example, over the robust range p1..p99 of the
+training tiles (values outside fall into the first/last bin).
+
+NaN handling: NaN tile values are ignored (frequencies are over the tiles where
+the feature is defined); a slide where a feature is NaN on every tile gets all
+zeros for that feature's histogram (so "undefined" stays distinguishable from any
+real distribution). Summary fusions (mean, max, ...) give NaN for such a slide,
+replaced by the training slides' median of that element.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from napari_lnm.errors import CohortError
+
+META_COLUMNS = ("slide_id", "x", "y", "size", "tissue_fraction")
+
+ORDINALS = {1: "1st", 2: "2nd", 3: "3rd"}
+
+
+def ordinal(k: int) -> str:
+    """1 -> '1st', 2 -> '2nd', 3 -> '3rd', 4 -> '4th' ..."""
+    return ORDINALS.get(k, f"{k}th")
+
+
+def feature_columns(df: pd.DataFrame) -> list[str]:
+    """Tile feature columns of a features table: every numeric column except the tile metadata."""
+    return [
+        c for c in df.columns
+        if c not in META_COLUMNS and (pd.api.types.is_numeric_dtype(df[c]) or df[c].isna().all())
+    ]
+
+
+def tile_matrix(df: pd.DataFrame, feature_names: Sequence[str]) -> np.ndarray:
+    """Tile values of ``feature_names`` as a float64 (n_tiles, T) array (inf -> NaN); missing columns -> CohortError."""
+    missing = [f for f in feature_names if f not in df.columns]
+    if missing:
+        sid = df["slide_id"].iloc[0] if "slide_id" in df.columns and len(df) else "?"
+        raise CohortError(
+            f"slide {sid}: features table lacks {len(missing)} column(s) the model needs, e.g. {missing[:3]}"
+        )
+    m = df.loc[:, list(feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.where(np.isfinite(m), m, np.nan)  # +-inf from a degenerate tile counts as undefined
+
+
+def _pooled(tables: Sequence[pd.DataFrame], feature_names: Sequence[str]) -> np.ndarray:
+    """All tiles of all ``tables`` stacked into one (N_total, T) array."""
+    mats = [tile_matrix(t, feature_names) for t in tables]
+    if not mats:
+        raise CohortError("no training slides to fit the fusion on")
+    return np.concatenate(mats, axis=0)
+
+
+class Fusion:
+    """Base class: per-slide fusion of T tile features into P elements."""
+
+    kind = "base"
+
+    def __init__(self) -> None:
+        self.feature_names: list[str] = []
+
+    # -- interface -------------------------------------------------------
+    def fit(self, tables: Sequence[pd.DataFrame], feature_names: Sequence[str]) -> "Fusion":
+        """Fit the fusion parameters on the training slides' tiles."""
+        self.feature_names = list(feature_names)
+        self._fit(_pooled(tables, self.feature_names))
+        return self
+
+    def transform(self, tables: Sequence[pd.DataFrame] | pd.DataFrame) -> np.ndarray:
+        """Fused vectors, (n_slides, P) float64; a single DataFrame gives (1, P)."""
+        if isinstance(tables, pd.DataFrame):
+            tables = [tables]
+        self._check_fitted()
+        out = np.empty((len(tables), len(self.element_names)), dtype=np.float64)
+        for i, t in enumerate(tables):
+            out[i] = self._transform_one(tile_matrix(t, self.feature_names))
+        return out
+
+    @property
+    def element_names(self) -> list[str]:
+        """Names of the P fused elements, ``"<feature>|<part>"``."""
+        return [f"{f}|{p}" for f in self.feature_names for p in self.parts]
+
+    @property
+    def parts(self) -> list[str]:  # pragma: no cover - overridden
+        """Per-feature element suffixes."""
+        raise NotImplementedError
+
+    def element_info(self) -> pd.DataFrame:
+        """One row per element: element, feature, bin (1..B, or 0 for a summary), bin_lo, bin_hi, stat."""
+        rows = []
+        for t, f in enumerate(self.feature_names):
+            for k, p in enumerate(self.parts):
+                lo, hi = self._bin_range(t, k)
+                rows.append(dict(element=f"{f}|{p}", feature=f, bin=self._bin_number(k), bin_lo=lo,
+                                 bin_hi=hi, stat=p))
+        return pd.DataFrame(rows, columns=["element", "feature", "bin", "bin_lo", "bin_hi", "stat"])
+
+    def to_dict(self) -> dict:
+        """JSON-able parameters (``fusion_from_dict`` restores them)."""
+        d = {"kind": self.kind, "feature_names": list(self.feature_names)}
+        d.update(self._params())
+        return d
+
+    # -- helpers for subclasses -----------------------------------------
+    def _check_fitted(self) -> None:
+        if not self.feature_names:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+
+    def _bin_number(self, k: int) -> int:
+        return 0
+
+    def _bin_range(self, t: int, k: int) -> tuple[float, float]:
+        return (float("nan"), float("nan"))
+
+    def _fit(self, pooled: np.ndarray) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _transform_one(self, m: np.ndarray) -> np.ndarray:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _params(self) -> dict:
+        return {}
+
+
+def _frequencies(idx: np.ndarray, valid: np.ndarray, n_bins: int) -> np.ndarray:
+    """Per-column frequencies of bin indices idx (N, T) in 0..n_bins-1 over valid tiles -> (T * n_bins,)."""
+    n, t = idx.shape
+    flat = (idx + np.arange(t)[None, :] * n_bins)[valid]
+    counts = np.bincount(flat, minlength=t * n_bins).reshape(t, n_bins).astype(np.float64)
+    n_valid = valid.sum(axis=0).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        freq = np.where(n_valid[:, None] > 0, counts / np.maximum(n_valid, 1)[:, None], 0.0)
+    return freq.ravel()
+
+
+class HistogramFusion(Fusion):
+    """Frequency histogram of each tile feature over a slide's tiles, B bins, edges fitted on training tiles."""
+
+    kind = "histogram"
+
+    def __init__(self, bins: int = 5, edges: str = "quantile") -> None:
+        super().__init__()
+        if int(bins) < 2:
+            raise ValueError("bins must be at least 2")
+        if edges not in ("quantile", "uniform"):
+            raise ValueError("edges must be 'quantile' or 'uniform'")
+        self.bins = int(bins)
+        self.edges = edges
+        self.edges_: np.ndarray | None = None  # (T, B+1)
+
+    @property
+    def parts(self) -> list[str]:
+        return [f"bin{k}" for k in range(1, self.bins + 1)]
+
+    def _fit(self, pooled: np.ndarray) -> None:
+        b = self.bins
+        t = pooled.shape[1]
+        edges = np.zeros((t, b + 1))
+        defined = ~np.all(np.isnan(pooled), axis=0)
+        if defined.any():
+            sub = pooled[:, defined]
+            if self.edges == "quantile":
+                e = np.nanquantile(sub, np.linspace(0.0, 1.0, b + 1), axis=0).T
+            else:
+                lo, hi = np.nanpercentile(sub, [1.0, 99.0], axis=0)
+                hi = np.where(hi > lo, hi, lo + 1.0)
+                e = lo[:, None] + (hi - lo)[:, None] * np.linspace(0.0, 1.0, b + 1)[None, :]
+            edges[defined] = e
+        edges[~defined] = np.linspace(0.0, 1.0, b + 1)[None, :]
+        self.edges_ = edges
+
+    def _bin_index(self, m: np.ndarray) -> np.ndarray:
+        """Bin index 0..B-1 of each value (N, T); interior edges decide, outside values clip to end bins."""
+        idx = np.empty(m.shape, dtype=np.int64)
+        for t in range(m.shape[1]):  # per feature (not per tile): O(N log B) time, O(N) memory
+            idx[:, t] = np.searchsorted(self.edges_[t, 1:-1], m[:, t], side="right")
+        return idx
+
+    def _transform_one(self, m: np.ndarray) -> np.ndarray:
+        valid = ~np.isnan(m)
+        idx = self._bin_index(np.where(valid, m, 0.0))
+        return _frequencies(idx, valid, self.bins)
+
+    def _bin_number(self, k: int) -> int:
+        return k + 1
+
+    def _bin_range(self, t: int, k: int) -> tuple[float, float]:
+        return float(self.edges_[t, k]), float(self.edges_[t, k + 1])
+
+    def _params(self) -> dict:
+        return {"bins": self.bins, "edges": self.edges, "edges_": self.edges_.tolist()}
+
+    @classmethod
+    def _from_params(cls, d: dict) -> "HistogramFusion":
+        f = cls(bins=d["bins"], edges=d["edges"])
+        f.edges_ = np.asarray(d["edges_"], dtype=np.float64).reshape(len(d["feature_names"]), d["bins"] + 1)
+        return f
+
+
+class _SummaryFusion(Fusion):
+    """Summary statistic(s) per feature; all-NaN slides get the training median of the element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fill_: np.ndarray | None = None
+
+    def _stats(self, m: np.ndarray) -> np.ndarray:  # (n_stats, T)
+        raise NotImplementedError
+
+    def _raw(self, m: np.ndarray) -> np.ndarray:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return self._stats(m).T.ravel()  # feature-major: f0|s0, f0|s1, ...
+
+    def fit(self, tables, feature_names):  # noqa: D401 - see base
+        """Fit: remember the training median of each element (used for all-NaN slides)."""
+        self.feature_names = list(feature_names)
+        vecs = np.stack([self._raw(tile_matrix(t, self.feature_names)) for t in tables])
+        self._fit(_pooled(tables, self.feature_names))
+        fill = np.nanmedian(np.where(np.isnan(vecs).all(axis=0)[None, :], 0.0, vecs), axis=0)
+        self.fill_ = np.nan_to_num(fill)
+        return self
+
+    def _fit(self, pooled: np.ndarray) -> None:
+        pass
+
+    def _transform_one(self, m: np.ndarray) -> np.ndarray:
+        v = self._raw(m)
+        return np.where(np.isnan(v), self.fill_, v)
+
+    def _params(self) -> dict:
+        return {"fill_": self.fill_.tolist()}
+
+    @classmethod
+    def _from_params(cls, d: dict):
+        f = cls(**{k: d[k] for k in cls._init_keys})
+        f.fill_ = np.asarray(d["fill_"], dtype=np.float64)
+        return f
+
+    _init_keys: tuple = ()
+
+
+class MeanFusion(_SummaryFusion):
+    """Mean of each tile feature over the slide's tiles (feature units)."""
+
+    kind = "mean"
+    parts = ["mean"]
+
+    def _stats(self, m):
+        return np.nanmean(m, axis=0)[None, :]
+
+
+class MaxFusion(_SummaryFusion):
+    """Maximum of each tile feature over the slide's tiles (feature units)."""
+
+    kind = "max"
+    parts = ["max"]
+
+    def _stats(self, m):
+        return np.nanmax(m, axis=0)[None, :] if len(m) else np.full((1, m.shape[1]), np.nan)
+
+
+class PNormFusion(_SummaryFusion):
+    """Generalised p-mean (mean |x|^p)^(1/p) of each tile feature (feature units)."""
+
+    kind = "pnorm"
+    _init_keys = ("p",)
+
+    def __init__(self, p: float = 3.0) -> None:
+        super().__init__()
+        if p <= 0:
+            raise ValueError("p must be positive")
+        self.p = float(p)
+
+    @property
+    def parts(self):
+        return [f"p{self.p:g}norm"]
+
+    def _stats(self, m):
+        return (np.nanmean(np.abs(m) ** self.p, axis=0) ** (1.0 / self.p))[None, :]
+
+    def _params(self):
+        return {"p": self.p, **super()._params()}
+
+
+class QuantileFusion(_SummaryFusion):
+    """10th, 50th and 90th percentiles of each tile feature over the slide's tiles (feature units)."""
+
+    kind = "quantile"
+    _init_keys = ("quantiles",)
+
+    def __init__(self, quantiles: Sequence[float] = (10.0, 50.0, 90.0)) -> None:
+        super().__init__()
+        self.quantiles = [float(q) for q in quantiles]
+
+    @property
+    def parts(self):
+        return [f"p{q:g}" for q in self.quantiles]
+
+    def _stats(self, m):
+        if not len(m):
+            return np.full((len(self.quantiles), m.shape[1]), np.nan)
+        return np.nanpercentile(m, self.quantiles, axis=0)
+
+    def _params(self):
+        return {"quantiles": self.quantiles, **super()._params()}
+
+
+def _lloyd_1d(v: np.ndarray, c: np.ndarray, n_iter: int) -> tuple[np.ndarray, float]:
+    """Lloyd iterations on sorted 1-D values from centres c -> (sorted centres, inertia)."""
+    k = len(c)
+    for _ in range(n_iter):
+        bounds = (c[1:] + c[:-1]) / 2.0
+        idx = np.searchsorted(bounds, v, side="right")
+        sums = np.bincount(idx, weights=v, minlength=k)
+        cnt = np.bincount(idx, minlength=k)
+        new = np.sort(np.where(cnt > 0, sums / np.maximum(cnt, 1), c))
+        done = np.allclose(new, c, rtol=0, atol=1e-12 * (1 + np.abs(c).max()))
+        c = new
+        if done:
+            break
+    idx = np.searchsorted((c[1:] + c[:-1]) / 2.0, v, side="right")
+    return c, float(((v - c[idx]) ** 2).sum())
+
+
+def kmeans_1d(values: np.ndarray, k: int, n_iter: int = 100) -> np.ndarray:
+    """Sorted centres of a deterministic 1-D k-means of finite ``values`` (best of quantile / even-range starts)."""
+    v = np.sort(values[np.isfinite(values)])
+    if v.size == 0:
+        return np.linspace(0.0, 1.0, k)
+    starts = [np.quantile(v, (np.arange(k) + 0.5) / k), v[0] + (v[-1] - v[0]) * (np.arange(k) + 0.5) / k]
+    fits = [_lloyd_1d(v, s, n_iter) for s in starts]
+    return min(fits, key=lambda f: f[1])[0]
+
+
+class KMeansFusion(Fusion):
+    """Frequencies of the nearest of k 1-D k-means centres per tile feature (centres fitted on training tiles)."""
+
+    kind = "kmeans"
+
+    def __init__(self, k: int = 5) -> None:
+        super().__init__()
+        if int(k) < 2:
+            raise ValueError("k must be at least 2")
+        self.k = int(k)
+        self.centres_: np.ndarray | None = None  # (T, k), sorted
+
+    @property
+    def parts(self):
+        return [f"c{j}" for j in range(1, self.k + 1)]
+
+    def _fit(self, pooled):
+        self.centres_ = np.stack([kmeans_1d(pooled[:, t], self.k) for t in range(pooled.shape[1])])
+
+    def _transform_one(self, m):
+        valid = ~np.isnan(m)
+        bounds = (self.centres_[:, 1:] + self.centres_[:, :-1]) / 2.0  # (T, k-1)
+        idx = (np.where(valid, m, 0.0)[:, :, None] >= bounds[None, :, :]).sum(axis=2)
+        return _frequencies(idx, valid, self.k)
+
+    def _bin_number(self, k):
+        return k + 1
+
+    def _bin_range(self, t, k):
+        c = self.centres_[t]
+        lo = -np.inf if k == 0 else (c[k - 1] + c[k]) / 2.0
+        hi = np.inf if k == self.k - 1 else (c[k] + c[k + 1]) / 2.0
+        return float(lo), float(hi)
+
+    def _params(self):
+        return {"k": self.k, "centres_": self.centres_.tolist()}
+
+    @classmethod
+    def _from_params(cls, d):
+        f = cls(k=d["k"])
+        f.centres_ = np.asarray(d["centres_"], dtype=np.float64).reshape(len(d["feature_names"]), d["k"])
+        return f
+
+
+FUSIONS = {
+    "histogram": HistogramFusion,
+    "mean": MeanFusion,
+    "max": MaxFusion,
+    "pnorm": PNormFusion,
+    "quantile": QuantileFusion,
+    "kmeans": KMeansFusion,
+}
+
+
+def make_fusion(kind: str = "histogram", bins: int = 5, edges: str = "quantile", p: float = 3.0) -> Fusion:
+    """A new, unfitted fusion by name (``bins`` is also k for k-means)."""
+    if kind == "histogram":
+        return HistogramFusion(bins=bins, edges=edges)
+    if kind == "kmeans":
+        return KMeansFusion(k=bins)
+    if kind == "pnorm":
+        return PNormFusion(p=p)
+    if kind in FUSIONS:
+        return FUSIONS[kind]()
+    raise ValueError(f"unknown fusion {kind!r}; choose one of {sorted(FUSIONS)}")
+
+
+def fusion_from_dict(d: dict) -> Fusion:
+    """Rebuild a fitted fusion from :meth:`Fusion.to_dict` output."""
+    cls = FUSIONS.get(d.get("kind"))
+    if cls is None:
+        raise ValueError(f"unknown fusion kind {d.get('kind')!r}")
+    f = cls._from_params(d)
+    f.feature_names = list(d["feature_names"])
+    return f

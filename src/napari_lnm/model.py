@@ -1,0 +1,770 @@
+"""Patient-level model: fusion -> selection -> classifier, honest nested CV, and the versioned bundle.
+
+Main entry points::
+
+    bundle = train_model(tables, labels, TrainConfig(...))            # -> ModelBundle
+    report = cross_validate(tables, labels, groups, TrainConfig(...))  # -> CVReport (nested)
+    bundle.save(dir); bundle = ModelBundle.load(dir)
+    bundle.predict_proba(tables_or_df, clinical=None) -> (n,) probabilities
+    bundle.contributions(tiles_df) -> DataFrame (per selected element, log-odds)
+
+``tables`` are per-slide tile-feature DataFrames (``slide_id, x, y, size,
+tissue_fraction`` + feature columns such as ``nucleus.area_mean``), ``labels``
+0/1 (1 = lymph-node metastasis). In :func:`cross_validate` the bin edges, the
+element selection, the clinical encoding and the classifier's early stopping are
+all fitted inside each outer fold on its training slides only: every outer fold
+trains a complete :class:`ModelBundle` with :func:`train_model` on its training
+part and predicts its test part, so nothing about the test slides leaks in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from napari_lnm import __version__
+from napari_lnm._atomic import atomic_dir
+from napari_lnm.classifiers import Classifier, load_classifier, make_classifier
+from napari_lnm.errors import CohortError, ModelError, UserError
+from napari_lnm.fusion import Fusion, feature_columns, fusion_from_dict, make_fusion, ordinal
+from napari_lnm.progress import check_stop, report
+from napari_lnm.selection import Selection, select_elements
+
+SCHEMA_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+POOLED = "pooled"
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Training options (fusion, selection, classifier, CV, clinical columns, subtype routing)."""
+
+    fusion: str = "histogram"
+    bins: int = 5
+    edges: str = "quantile"
+    p: float = 3.0
+    test: str = "ks"
+    alpha: float = 0.05
+    top_q: int | None = None
+    classifier: str = "xgboost"
+    cv: int = 5
+    seed: int = 0
+    clinical: tuple[str, ...] = ()
+    per_subtype: bool = False
+    min_subtype_slides: int = 10
+    n_bootstrap: int = 2000
+    nthread: int = 1
+    tiling: dict | None = None  # magnification, tile_size, ... used to extract the features
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        d = asdict(self)
+        d["clinical"] = list(self.clinical)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Inverse of :meth:`to_dict` (unknown keys ignored)."""
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "clinical" in known:
+            known["clinical"] = tuple(known["clinical"])
+        return cls(**known)
+
+
+# --------------------------------------------------------------------------- clinical
+@dataclass
+class ClinicalEncoder:
+    """Clinical columns -> numbers: numeric standardised (training mean/sd, missing -> 0), categorical one-hot."""
+
+    columns: list[str]
+    numeric: dict = field(default_factory=dict)  # col -> [mean, sd]
+    categories: dict = field(default_factory=dict)  # col -> [levels]
+
+    @classmethod
+    def fit(cls, df: pd.DataFrame, columns: Sequence[str]) -> "ClinicalEncoder":
+        """Fit on the training slides' clinical table."""
+        enc = cls(columns=list(columns))
+        for c in enc.columns:
+            if c not in df.columns:
+                raise CohortError(f"clinical column {c!r} is not in the cohort")
+            s = df[c]
+            num = pd.to_numeric(s, errors="coerce")
+            if s.notna().sum() > 0 and num.notna().sum() == s.notna().sum():
+                mu = float(num.mean()) if num.notna().any() else 0.0
+                sd = float(num.std(ddof=0)) if num.notna().sum() > 1 else 1.0
+                enc.numeric[c] = [mu, sd if sd > 0 else 1.0]
+            else:
+                enc.categories[c] = sorted(str(v) for v in s.dropna().unique())
+        return enc
+
+    @property
+    def names(self) -> list[str]:
+        """Encoded column names: ``clinical.<col>`` or ``clinical.<col>=<level>``."""
+        out = []
+        for c in self.columns:
+            if c in self.numeric:
+                out.append(f"clinical.{c}")
+            else:
+                out.extend(f"clinical.{c}={lvl}" for lvl in self.categories[c])
+        return out
+
+    def transform(self, df: pd.DataFrame | None, n: int) -> np.ndarray:
+        """Encoded (n, C) array; a missing table, column or value counts as missing (0 / no level)."""
+        cols = []
+        for c in self.columns:
+            s = df[c] if df is not None and c in df.columns else pd.Series([np.nan] * n)
+            if len(s) != n:
+                raise UserError(f"clinical table has {len(s)} rows for {n} slides")
+            if c in self.numeric:
+                mu, sd = self.numeric[c]
+                v = (pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64) - mu) / sd
+                cols.append(np.nan_to_num(v, nan=0.0)[:, None])
+            else:
+                sv = s.astype(object).where(s.notna(), None).map(lambda v: None if v is None else str(v))
+                cols.append(np.stack([(sv == lvl).to_numpy(dtype=np.float64) for lvl in self.categories[c]],
+                                     axis=1) if self.categories[c] else np.zeros((n, 0)))
+        return np.concatenate(cols, axis=1) if cols else np.zeros((n, 0))
+
+    def to_dict(self) -> dict:
+        """JSON-able form."""
+        return {"columns": self.columns, "numeric": self.numeric, "categories": self.categories}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClinicalEncoder":
+        """Inverse of :meth:`to_dict`."""
+        return cls(columns=list(d["columns"]), numeric=dict(d["numeric"]), categories=dict(d["categories"]))
+
+
+# --------------------------------------------------------------------------- AUC
+def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC-AUC (Mann-Whitney form, ties count half); NaN if one class is absent."""
+    return float(_auc_rows(np.asarray(y, dtype=int)[None, :], np.asarray(p, dtype=float)[None, :])[0])
+
+
+def _auc_rows(Y: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Row-wise AUC of labels Y (m, n) and scores P (m, n) via average ranks."""
+    from scipy.stats import rankdata
+
+    r = rankdata(P, axis=1)
+    n1 = Y.sum(axis=1).astype(float)
+    n0 = Y.shape[1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((r * Y).sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
+
+
+def bootstrap_auc_ci(y, p, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(AUC, lower, upper): percentile bootstrap CI over slides, seeded; single-class resamples skipped."""
+    y = np.asarray(y, dtype=int)
+    p = np.asarray(p, dtype=float)
+    auc = roc_auc(y, p)
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for start in range(0, n_boot, 500):  # chunks keep memory small on big cohorts
+        idx = rng.integers(0, len(y), size=(min(500, n_boot - start), len(y)))
+        aucs.append(_auc_rows(y[idx], p[idx]))
+    a = np.concatenate(aucs) if aucs else np.array([np.nan])
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return auc, float("nan"), float("nan")
+    lo, hi = np.percentile(a, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return auc, float(lo), float(hi)
+
+
+def save_roc_png(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str = "") -> None:
+    """Write ROC curves {label: (y, p)} to a PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
+    fig = Figure(figsize=(4.5, 4.5), dpi=100)
+    ax = fig.add_subplot(111)
+    for label, (y, p) in curves.items():
+        y, p = np.asarray(y), np.asarray(p)
+        if len(np.unique(y)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, lw=2, label=label)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(str(path), format="png", metadata={"Software": None})
+
+
+# --------------------------------------------------------------------------- CV report
+@dataclass
+class CVReport:
+    """Out-of-fold results of a nested cross-validation."""
+
+    slide_ids: list[str]
+    labels: np.ndarray
+    oof: np.ndarray  # out-of-fold probability per slide
+    fold: np.ndarray  # outer fold index per slide
+    auc: float
+    ci: tuple[float, float]
+    fold_aucs: list[float]
+    n_selected: list[int]
+    messages: list[str]
+    n_splits: int
+    grouped: bool
+    oof_image_only: np.ndarray | None = None  # when clinical columns were used
+    auc_image_only: float | None = None
+    ci_image_only: tuple[float, float] | None = None
+    oof_pooled: np.ndarray | None = None  # when per-subtype routing was used
+    auc_pooled: float | None = None
+    ci_pooled: tuple[float, float] | None = None
+
+    def summary(self) -> str:
+        """One line per AUC, e.g. 'CV ROC-AUC 0.812 (95% CI 0.70-0.91), 5 folds'."""
+        lines = [f"CV ROC-AUC {self.auc:.3f} (95% CI {self.ci[0]:.3f}-{self.ci[1]:.3f}), "
+                 f"{self.n_splits} folds{' grouped by patient' if self.grouped else ''}, {len(self.oof)} slides"]
+        if self.auc_image_only is not None:
+            lines.append(f"  image features only: ROC-AUC {self.auc_image_only:.3f} "
+                         f"(95% CI {self.ci_image_only[0]:.3f}-{self.ci_image_only[1]:.3f})")
+        if self.auc_pooled is not None:
+            lines.append(f"  one pooled model (no subtype routing): ROC-AUC {self.auc_pooled:.3f} "
+                         f"(95% CI {self.ci_pooled[0]:.3f}-{self.ci_pooled[1]:.3f})")
+        return "\n".join(lines)
+
+    def oof_frame(self) -> pd.DataFrame:
+        """Per-slide table: slide_id, label, fold, probability[, probability_image_only][, probability_pooled]."""
+        d = {"slide_id": self.slide_ids, "label": self.labels, "fold": self.fold, "probability": self.oof}
+        if self.oof_image_only is not None:
+            d["probability_image_only"] = self.oof_image_only
+        if self.oof_pooled is not None:
+            d["probability_pooled"] = self.oof_pooled
+        return pd.DataFrame(d)
+
+    def to_dict(self) -> dict:
+        """JSON-able form (arrays as lists)."""
+        out = {}
+        for k, v in asdict(self).items():
+            if isinstance(v, np.ndarray):
+                v = v.tolist()
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[k] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CVReport":
+        """Inverse of :meth:`to_dict`."""
+        kw = dict(d)
+        for k in ("labels", "oof", "fold", "oof_image_only", "oof_pooled"):
+            if kw.get(k) is not None:
+                kw[k] = np.asarray(kw[k])
+        for k in ("ci", "ci_image_only", "ci_pooled"):
+            if kw.get(k) is not None:
+                kw[k] = tuple(kw[k])
+        return cls(**{k: v for k, v in kw.items() if k in cls.__dataclass_fields__})
+
+    def save_roc(self, path: Path) -> None:
+        """ROC curve(s) of the out-of-fold probabilities as a PNG."""
+        main = "image + clinical" if self.oof_image_only is not None else (
+            "routed per subtype" if self.oof_pooled is not None else "nested CV")
+        curves = {f"{main} (AUC {self.auc:.2f})": (self.labels, self.oof)}
+        if self.oof_image_only is not None:
+            curves[f"image only (AUC {self.auc_image_only:.2f})"] = (self.labels, self.oof_image_only)
+        if self.oof_pooled is not None:
+            curves[f"pooled model (AUC {self.auc_pooled:.2f})"] = (self.labels, self.oof_pooled)
+        save_roc_png(path, curves, title=f"{self.n_splits}-fold nested CV, {len(self.oof)} slides")
+
+
+# --------------------------------------------------------------------------- bundle
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)) or "_"
+
+
+class ModelBundle:
+    """A trained model: feature schema, fitted fusion, selection, clinical encoding and classifier (data only)."""
+
+    def __init__(self, feature_names, fusion: Fusion, selection: Selection, classifier: Classifier,
+                 config: dict, importance: pd.DataFrame, clinical: ClinicalEncoder | None = None,
+                 cv_report: CVReport | None = None, subtype_models: dict | None = None,
+                 subtype_routing: dict | None = None, package_version: str = __version__,
+                 schema_version: int = SCHEMA_VERSION):
+        self.feature_names = list(feature_names)
+        self.fusion = fusion
+        self.selection = selection
+        self.classifier = classifier
+        self.config = dict(config)
+        self.importance = importance
+        self.clinical = clinical
+        self.cv_report = cv_report
+        self.subtype_models: dict[str, ModelBundle] = dict(subtype_models or {})
+        self.subtype_routing: dict[str, str] = dict(subtype_routing or {})
+        self.package_version = package_version
+        self.schema_version = schema_version
+
+    def __repr__(self) -> str:
+        subs = f", subtypes={sorted(self.subtype_models)}" if self.subtype_models else ""
+        return (f"ModelBundle({self.config.get('classifier')}, fusion={self.fusion.kind}, "
+                f"{len(self.feature_names)} tile features -> {len(self.input_names)} inputs{subs})")
+
+    # -- inputs ----------------------------------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        """Columns the classifier sees: selected element names, then encoded clinical names."""
+        return list(self.selection.names) + (self.clinical.names if self.clinical else [])
+
+    def check_features(self, df: pd.DataFrame) -> None:
+        """Raise ModelError if ``df`` lacks tile feature columns this model needs, UserError if it has no tiles."""
+        missing = [f for f in self.feature_names if f not in df.columns]
+        sid = str(df["slide_id"].iloc[0]) if "slide_id" in df.columns and len(df) else "the slide"
+        if missing:
+            raise ModelError(
+                f"features of {sid} do not match the model's feature schema: {len(missing)} column(s) missing, "
+                f"e.g. {', '.join(missing[:5])} (re-extract features with this package version)"
+            )
+        if len(df) == 0:
+            raise UserError(f"features table of {sid} has no tiles")
+
+    def fuse(self, tiles_df: pd.DataFrame) -> np.ndarray:
+        """The slide's fused vector (P,) over all fused elements (before selection)."""
+        self.check_features(tiles_df)
+        return self.fusion.transform([tiles_df])[0]
+
+    def design(self, tables, clinical: pd.DataFrame | dict | None = None) -> np.ndarray:
+        """Classifier input (n, Q + C): selected fused elements, then encoded clinical columns."""
+        if isinstance(tables, pd.DataFrame):
+            tables = [tables]
+        for t in tables:
+            self.check_features(t)
+        X = self.selection.apply(self.fusion.transform(tables))
+        if self.clinical is not None and self.clinical.columns:
+            if isinstance(clinical, dict):
+                clinical = pd.DataFrame([clinical])
+            if clinical is not None:
+                clinical = clinical.reset_index(drop=True)
+            X = np.concatenate([X, self.clinical.transform(clinical, len(tables))], axis=1)
+        return X
+
+    # -- outputs ---------------------------------------------------------
+    def predict_proba(self, tables, clinical: pd.DataFrame | dict | None = None) -> np.ndarray:
+        """Metastasis probability per slide, (n,); missing clinical values are imputed (mean / no level)."""
+        return self.classifier.predict_proba(self.design(tables, clinical))
+
+    def contributions(self, tiles_df: pd.DataFrame, clinical: pd.DataFrame | dict | None = None) -> pd.DataFrame:
+        """Per classifier input of one slide: element, feature, bin, bin_lo, bin_hi, value, contribution (log-odds).
+
+        Sorted by |contribution| (largest first). XGBoost: ``pred_contribs``; logistic
+        regression: coef * standardised value; SVM/MLP: occlusion. The bias (log-odds
+        with no evidence), the slide's logit and probability are in ``df.attrs``
+        (``bias``, ``logit``, ``probability``); for XGBoost and logistic regression
+        contributions + bias = logit exactly, for SVM/MLP (non-additive) approximately.
+        """
+        X = self.design(tiles_df, clinical)
+        c = self.classifier.contributions(X)[0]
+        info = self.element_table()
+        df = info.assign(value=X[0], contribution=c[:-1])
+        df = df.iloc[np.argsort(-np.abs(df["contribution"].to_numpy()), kind="stable")].reset_index(drop=True)
+        prob = float(self.classifier.predict_proba(X)[0])
+        logit = float(np.log(max(prob, 1e-12) / max(1.0 - prob, 1e-12)))
+        df.attrs.update(bias=float(c[-1]), logit=logit, probability=prob)
+        return df
+
+    def element_table(self) -> pd.DataFrame:
+        """Per classifier input: element, feature, bin, bin_lo, bin_hi, stat, direction, description."""
+        return self.importance.drop(columns=["fscore", "gain"]).reset_index(drop=True)
+
+    def for_subtype(self, name: str | None) -> tuple["ModelBundle", str]:
+        """(model for subtype ``name``, name of the model used: the subtype or 'pooled')."""
+        if name is not None and str(name) in self.subtype_models:
+            return self.subtype_models[str(name)], str(name)
+        return self, POOLED
+
+    # -- persistence -----------------------------------------------------
+    def to_json(self) -> dict:
+        """The bundle.json content, minus the classifier metadata (added by save)."""
+        return {
+            "schema_version": self.schema_version,
+            "package": "napari-lnm",
+            "package_version": self.package_version,
+            "config": self.config,
+            "feature_names": self.feature_names,
+            "feature_schema_hash": hashlib.sha256("\n".join(self.feature_names).encode()).hexdigest()[:16],
+            "fusion": self.fusion.to_dict(),
+            "selection": self.selection.to_dict(),
+            "clinical": self.clinical.to_dict() if self.clinical else None,
+            "importance": json.loads(self.importance.to_json(orient="records")),
+            "subtype_models": {k: f"subtypes/{_safe_name(k)}" for k in self.subtype_models},
+            "subtype_routing": self.subtype_routing,
+            "cv_summary": self.cv_report.summary() if self.cv_report else None,
+        }
+
+    def _write(self, d: Path) -> None:
+        meta = self.to_json()
+        meta["classifier"] = self.classifier.save(d)
+        if self.cv_report is not None:
+            (d / "cv_report.json").write_text(json.dumps(self.cv_report.to_dict(), indent=1), encoding="utf-8")
+            self.cv_report.oof_frame().to_csv(d / "oof.csv", index=False, float_format="%.6g")
+            self.cv_report.save_roc(d / "roc.png")
+        for name, sub in self.subtype_models.items():
+            sd = d / "subtypes" / _safe_name(name)
+            sd.mkdir(parents=True)
+            sub._write(sd)
+        (d / BUNDLE_FILE).write_text(json.dumps(meta, indent=1, allow_nan=True), encoding="utf-8")
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the bundle folder atomically (an existing one is replaced only once the new one is complete)."""
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            self._write(Path(tmp))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ModelBundle":
+        """Read a bundle folder; ModelError naming the folder if it is missing, incomplete or incompatible."""
+        d = Path(directory)
+        f = d / BUNDLE_FILE
+        if not d.is_dir():
+            raise ModelError(f"{d}: model folder not found")
+        if not f.is_file():
+            raise ModelError(f"{d}: not a model bundle ({BUNDLE_FILE} missing)")
+        try:
+            meta = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{d}: {BUNDLE_FILE} is unreadable ({exc})") from None
+        sv = meta.get("schema_version")
+        if sv != SCHEMA_VERSION:
+            raise ModelError(f"{d}: bundle schema version {sv} is not supported (this napari-lnm reads "
+                             f"version {SCHEMA_VERSION}); retrain the model")
+        pv = str(meta.get("package_version", ""))
+        if pv.split(".")[0] != __version__.split(".")[0]:
+            raise ModelError(f"{d}: bundle was made by napari-lnm {pv}, incompatible with {__version__}; "
+                             f"retrain the model")
+        cmeta = meta.get("classifier") or {}
+        cfile = d / str(cmeta.get("file", ""))
+        if not cmeta.get("file") or not cfile.is_file():
+            raise ModelError(f"{d}: classifier file {cmeta.get('file', '?')} missing")
+        try:
+            classifier = load_classifier(d, cmeta)
+            fusion = fusion_from_dict(meta["fusion"])
+            selection = Selection.from_dict(meta["selection"])
+            clinical = ClinicalEncoder.from_dict(meta["clinical"]) if meta.get("clinical") else None
+            importance = pd.DataFrame(meta["importance"])
+            cv = None
+            if (d / "cv_report.json").is_file():
+                cv = CVReport.from_dict(json.loads((d / "cv_report.json").read_text(encoding="utf-8")))
+        except ModelError:
+            raise
+        except Exception as exc:  # corrupt or hand-edited bundle
+            raise ModelError(f"{d}: bundle is damaged ({type(exc).__name__}: {exc})") from None
+        subs = {name: cls.load(d / rel) for name, rel in (meta.get("subtype_models") or {}).items()}
+        return cls(meta["feature_names"], fusion, selection, classifier, meta["config"], importance,
+                   clinical=clinical, cv_report=cv, subtype_models=subs,
+                   subtype_routing=meta.get("subtype_routing"), package_version=pv, schema_version=sv)
+
+
+# --------------------------------------------------------------------------- training
+def infer_feature_names(tables: Sequence[pd.DataFrame]) -> list[str]:
+    """Tile feature columns of the first table (every other table must have them)."""
+    if not tables:
+        raise CohortError("no slides given")
+    return feature_columns(tables[0])
+
+
+def _check_labels(labels) -> np.ndarray:
+    y = np.asarray(labels)
+    try:
+        yi = y.astype(float)
+    except (TypeError, ValueError):
+        raise CohortError("labels must be 0 (no metastasis) or 1 (metastasis)") from None
+    if not np.all(np.isin(yi, (0.0, 1.0))):
+        raise CohortError(f"labels must be 0 or 1; found {sorted(set(y.tolist()))[:5]}")
+    yi = yi.astype(int)
+    if len(np.unique(yi)) < 2:
+        raise CohortError(f"the cohort has only one class (all labels = {yi[0] if len(yi) else '?'}); "
+                          f"training needs metastatic and non-metastatic slides")
+    return yi
+
+
+def _importance(classifier, X, y, names, info: pd.DataFrame) -> pd.DataFrame:
+    fscore, gain = classifier.importance(X)
+    with np.errstate(all="ignore"):
+        diff = np.nanmean(X[y == 1], axis=0) - np.nanmean(X[y == 0], axis=0)
+    direction = np.where(diff >= 0, "higher in metastatic", "lower in metastatic")
+    rows = info.set_index("element").reindex(names).reset_index()
+    rows["fscore"] = fscore
+    rows["gain"] = gain
+    rows["direction"] = direction
+    desc = []
+    for r in rows.itertuples():
+        if isinstance(r.stat, str) and r.stat.startswith(("bin", "c")) and r.bin and r.bin > 0:
+            desc.append(f"{r.feature}, {ordinal(int(r.bin))} bin, {r.direction}")
+        elif isinstance(r.feature, str) and r.feature.startswith("clinical."):
+            desc.append(f"{r.feature}, {r.direction}")
+        else:
+            desc.append(f"{r.feature} ({r.stat}), {r.direction}")
+    rows["description"] = desc
+    rows = rows[["element", "feature", "bin", "bin_lo", "bin_hi", "stat", "fscore", "gain", "direction",
+                 "description"]]
+    return rows
+
+
+def _clinical_info(enc: ClinicalEncoder) -> pd.DataFrame:
+    rows = [dict(element=n, feature=n, bin=0, bin_lo=np.nan, bin_hi=np.nan, stat="clinical") for n in enc.names]
+    return pd.DataFrame(rows, columns=["element", "feature", "bin", "bin_lo", "bin_hi", "stat"])
+
+
+def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None) -> ModelBundle:
+    fusion = make_fusion(config.fusion, bins=config.bins, edges=config.edges, p=config.p)
+    fusion.fit(tables, feature_names)
+    F = fusion.transform(tables)
+    sel = select_elements(F, y, test=config.test, alpha=config.alpha, top_q=config.top_q,
+                          names=fusion.element_names)
+    X = sel.apply(F)
+    info = fusion.element_info()
+    enc = None
+    if config.clinical:
+        enc = ClinicalEncoder.fit(clinical if clinical is not None else pd.DataFrame(), config.clinical)
+        X = np.concatenate([X, enc.transform(clinical.reset_index(drop=True), len(tables))], axis=1)
+        info = pd.concat([info, _clinical_info(enc)], ignore_index=True)
+    clf = make_classifier(config.classifier, seed=config.seed, nthread=config.nthread).fit(X, y)
+    names = list(sel.names) + (enc.names if enc else [])
+    imp = _importance(clf, X, y, names, info)
+    cfg = config.to_dict()
+    if config.classifier == "xgboost":
+        cfg["n_trees"] = clf.n_rounds
+    cfg["n_slides"] = int(len(y))
+    cfg["n_positive"] = int(y.sum())
+    cfg["selection_message"] = sel.message
+    return ModelBundle(feature_names, fusion, sel, clf, cfg, imp, clinical=enc)
+
+
+def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | None = None,
+                clinical: pd.DataFrame | None = None, subtypes: Sequence | None = None,
+                feature_names: Sequence[str] | None = None, progress=None, should_stop=None) -> ModelBundle:
+    """Fit fusion, selection, clinical encoding and classifier on all given slides -> ModelBundle.
+
+    With ``config.per_subtype`` and ``subtypes`` (one value per slide), also one
+    bundle per subtype in ``bundle.subtype_models``; a subtype with fewer than
+    ``config.min_subtype_slides`` slides or fewer than 2 slides of either class
+    uses the pooled model, recorded in ``bundle.subtype_routing``.
+    """
+    config = config or TrainConfig()
+    tables = list(tables)
+    y = _check_labels(labels)
+    if len(y) != len(tables):
+        raise CohortError(f"{len(tables)} feature tables but {len(y)} labels")
+    feature_names = list(feature_names) if feature_names is not None else infer_feature_names(tables)
+    if not feature_names:
+        raise CohortError("the features tables have no feature columns")
+    if np.bincount(y, minlength=2).min() < 2:
+        raise CohortError("training needs at least 2 slides of each class")
+    if clinical is not None:
+        clinical = clinical.reset_index(drop=True)
+    check_stop(should_stop)
+    bundle = _train_single(tables, y, config, feature_names, clinical)
+    if config.per_subtype:
+        if subtypes is None:
+            raise CohortError("--per-subtype needs a 'subtype' column in the cohort")
+        st = np.asarray([None if pd.isna(s) else str(s) for s in subtypes], dtype=object)
+        names = sorted({s for s in st if s is not None})
+        for i, name in enumerate(names):
+            check_stop(should_stop)
+            report(progress, i, len(names), f"subtype {name}")
+            m = st == name
+            counts = np.bincount(y[m], minlength=2)
+            if m.sum() < config.min_subtype_slides:
+                bundle.subtype_routing[name] = (f"{POOLED} (only {int(m.sum())} slides, "
+                                                f"fewer than {config.min_subtype_slides})")
+            elif counts.min() < 2:
+                bundle.subtype_routing[name] = f"{POOLED} ({int(counts[0])} negative, {int(counts[1])} positive)"
+            else:
+                idx = np.flatnonzero(m)
+                sub_cfg = TrainConfig.from_dict({**config.to_dict(), "per_subtype": False})
+                sub = _train_single([tables[j] for j in idx], y[idx], sub_cfg, feature_names,
+                                    None if clinical is None else clinical.iloc[idx])
+                sub.config["subtype"] = name
+                bundle.subtype_models[name] = sub
+                bundle.subtype_routing[name] = f"own model ({int(m.sum())} slides)"
+        bundle.config["subtype_routing"] = bundle.subtype_routing
+    return bundle
+
+
+train = train_model  # the name docs/architecture.md lists
+
+
+def _folds(y: np.ndarray, groups, n_splits: int, seed: int) -> tuple[np.ndarray, bool]:
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if n_splits < 2:
+        raise CohortError("cross-validation needs at least 2 folds")
+    grouped = groups is not None and len(pd.unique(pd.Series(groups))) < len(y)
+    fold = np.full(len(y), -1)
+    if grouped:
+        g = pd.Series(groups).astype(str).to_numpy()
+        per_class = [len(np.unique(g[y == c])) for c in (0, 1)]
+        if min(per_class) < n_splits:
+            raise CohortError(f"{n_splits}-fold CV grouped by patient needs at least {n_splits} patients per "
+                              f"class; the cohort has {per_class[0]} negative and {per_class[1]} positive")
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(y, y, g)
+    else:
+        counts = np.bincount(y, minlength=2)
+        if counts.min() < n_splits:
+            raise CohortError(f"{n_splits}-fold CV needs at least {n_splits} slides per class; the cohort has "
+                              f"{counts[0]} negative and {counts[1]} positive (use --cv {max(2, counts.min())})")
+        splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(y, y)
+    for k, (_, te) in enumerate(splitter):
+        fold[te] = k
+    return fold, grouped
+
+
+def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: TrainConfig | None = None,
+                   clinical: pd.DataFrame | None = None, subtypes: Sequence | None = None,
+                   slide_ids: Sequence[str] | None = None, feature_names: Sequence[str] | None = None,
+                   progress=None, should_stop=None) -> CVReport:
+    """Nested stratified (patient-grouped when ``groups`` repeat) CV; every fold trains a full model on its training part.
+
+    Reports out-of-fold probabilities, ROC-AUC with a seeded 95% bootstrap CI, and,
+    with clinical columns, the image-only AUC; with ``config.per_subtype``, the AUC
+    of one pooled model next to the routed per-subtype models.
+    """
+    config = config or TrainConfig()
+    tables = list(tables)
+    y = _check_labels(labels)
+    feature_names = list(feature_names) if feature_names is not None else infer_feature_names(tables)
+    slide_ids = [str(s) for s in slide_ids] if slide_ids is not None else [
+        str(t["slide_id"].iloc[0]) if "slide_id" in t.columns and len(t) else str(i) for i, t in enumerate(tables)]
+    if clinical is not None:
+        clinical = clinical.reset_index(drop=True)
+    fold, grouped = _folds(y, groups, config.cv, config.seed)
+    oof = np.full(len(y), np.nan)
+    oof_img = np.full(len(y), np.nan) if config.clinical else None
+    routed = config.per_subtype and subtypes is not None
+    oof_pool = np.full(len(y), np.nan) if routed else None
+    st = None if subtypes is None else [None if pd.isna(s) else str(s) for s in subtypes]
+    fold_aucs, n_sel, msgs = [], [], []
+    for k in range(config.cv):
+        check_stop(should_stop)
+        report(progress, k, config.cv, f"fold {k + 1}/{config.cv}")
+        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        ttr, tte = [tables[i] for i in tr], [tables[i] for i in te]
+        ctr = None if clinical is None else clinical.iloc[tr]
+        cte = None if clinical is None else clinical.iloc[te]
+        b = train_model(ttr, y[tr], config, clinical=ctr, subtypes=None if st is None else [st[i] for i in tr],
+                        feature_names=feature_names)
+        if routed:
+            oof_pool[te] = b.predict_proba(tte, cte)
+            for j, i in enumerate(te):
+                m, _ = b.for_subtype(st[i])
+                oof[i] = m.predict_proba([tables[i]], None if cte is None else cte.iloc[[j]])[0]
+        else:
+            oof[te] = b.predict_proba(tte, cte)
+        if oof_img is not None:
+            cfg_img = TrainConfig.from_dict({**config.to_dict(), "clinical": [], "per_subtype": False})
+            oof_img[te] = train_model(ttr, y[tr], cfg_img, feature_names=feature_names).predict_proba(tte)
+        fold_aucs.append(roc_auc(y[te], oof[te]))
+        n_sel.append(len(b.selection.indices))
+        msgs.append(b.selection.message)
+    report(progress, config.cv, config.cv, "done")
+    auc, lo, hi = bootstrap_auc_ci(y, oof, config.n_bootstrap, config.seed)
+    rep = CVReport(slide_ids=slide_ids, labels=y, oof=oof, fold=fold, auc=auc, ci=(lo, hi), fold_aucs=fold_aucs,
+                   n_selected=n_sel, messages=msgs, n_splits=config.cv, grouped=grouped)
+    if oof_img is not None:
+        a, l2, h2 = bootstrap_auc_ci(y, oof_img, config.n_bootstrap, config.seed)
+        rep.oof_image_only, rep.auc_image_only, rep.ci_image_only = oof_img, a, (l2, h2)
+    if oof_pool is not None:
+        a, l2, h2 = bootstrap_auc_ci(y, oof_pool, config.n_bootstrap, config.seed)
+        rep.oof_pooled, rep.auc_pooled, rep.ci_pooled = oof_pool, a, (l2, h2)
+    return rep
+
+
+# --------------------------------------------------------------------------- cohort I/O
+def read_cohort_csv(path: str | Path) -> pd.DataFrame:
+    """Cohort table (slide_id, path, label[, subtype][, patient_id], ...) via ``extract.read_cohort``.
+
+    Slide files are not required to exist (training needs only the features).
+    """
+    try:
+        from napari_lnm.extract import read_cohort  # the project's single definition
+    except ImportError:  # pragma: no cover - extract is part of the package
+        return _read_cohort_fallback(path)
+    try:
+        return read_cohort(path, check_files=False)
+    except TypeError:  # pragma: no cover - older signature
+        return read_cohort(path)
+
+
+def _read_cohort_fallback(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise CohortError(f"{path}: cohort file not found")
+    try:
+        df = pd.read_csv(path, dtype={"slide_id": str, "patient_id": str, "subtype": str})
+    except Exception as exc:
+        raise CohortError(f"{path}: cannot read cohort CSV ({exc})") from None
+    missing = [c for c in ("slide_id", "label") if c not in df.columns]
+    if missing:
+        raise CohortError(f"{path}: cohort lacks column(s) {', '.join(missing)}")
+    if df["slide_id"].duplicated().any():
+        raise CohortError(f"{path}: duplicate slide_id {df['slide_id'][df['slide_id'].duplicated()].iloc[0]!r}")
+    return df
+
+
+def _provenance(table) -> dict | None:
+    """The ``napari_lnm`` JSON provenance of a Parquet table written by ``napari_lnm.extract``, or None."""
+    raw = (table.schema.metadata or {}).get(b"napari_lnm")
+    if not raw:
+        return None
+    try:
+        d = json.loads(raw)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def load_feature_tables(cohort: pd.DataFrame, features_dir: str | Path) -> tuple[list[pd.DataFrame], dict | None]:
+    """One tile-feature table per cohort row from ``features_dir/<slide_id>.parquet``, plus the tiling used.
+
+    A missing or unreadable file raises CohortError naming the slide and the path.
+    The tiling is the ``tiling`` dict (TilingConfig fields, plus ``working_mpp``)
+    of the provenance ``napari_lnm.extract`` writes into each file; slides
+    extracted with different tilings or feature schemas raise CohortError. None
+    when the files carry no provenance.
+    """
+    import pyarrow.parquet as pq
+
+    features_dir = Path(features_dir)
+    if not features_dir.is_dir():
+        raise CohortError(f"{features_dir}: features folder not found")
+    tables, tiling, ref = [], None, None
+    for sid in cohort["slide_id"].astype(str):
+        p = features_dir / f"{sid}.parquet"
+        if not p.is_file():
+            raise CohortError(f"slide {sid}: features file {p} is missing (run napari-lnm extract first)")
+        try:
+            t = pq.read_table(p)
+        except Exception as exc:
+            raise CohortError(f"slide {sid}: cannot read features file {p} ({exc})") from None
+        prov = _provenance(t)
+        if prov is not None and isinstance(prov.get("tiling"), dict):
+            key = (json.dumps(prov["tiling"], sort_keys=True), prov.get("feature_schema_hash"))
+            if ref is None:
+                ref = (sid, key)
+                tiling = dict(prov["tiling"])
+                if prov.get("working_mpp") is not None:
+                    tiling["working_mpp"] = prov["working_mpp"]
+            elif key != ref[1]:
+                what = "tiling" if key[0] != ref[1][0] else "feature schema"
+                raise CohortError(f"slide {sid}: features file {p} was extracted with another {what} than slide "
+                                  f"{ref[0]}; re-extract the cohort with one configuration")
+        df = t.to_pandas()
+        if "slide_id" not in df.columns:
+            df.insert(0, "slide_id", sid)
+        tables.append(df)
+    return tables, tiling

@@ -1,0 +1,166 @@
+"""Sliding-window tiles inside ROI ∩ tissue at a target magnification (tile table in level-0 px)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+
+from napari_lnm.errors import UserError
+from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
+
+__all__ = ["TilingConfig", "tile_slide", "read_tile", "tile_size_level0", "ALLOWED_TILE_SIZES",
+           "ALLOWED_MAGNIFICATIONS", "TILE_COLUMNS"]
+
+ALLOWED_TILE_SIZES = (224, 256, 299, 512, 1024)
+ALLOWED_MAGNIFICATIONS = (5.0, 10.0, 20.0, 40.0)
+TILE_COLUMNS = ["x", "y", "size", "tissue_fraction"]
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """Tiling at ``magnification`` (µm/px = 10 / magnification), ``tile_size`` px side, ``overlap`` fraction 0..<1,
+    ``min_tissue`` fraction 0..1, optional ``max_tiles`` drawn at random with ``seed``."""
+
+    magnification: float = 20.0
+    tile_size: int = 512
+    overlap: float = 0.0
+    min_tissue: float = 0.5
+    max_tiles: Optional[int] = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if float(self.magnification) not in ALLOWED_MAGNIFICATIONS:
+            raise UserError(f"magnification must be one of 5, 10, 20, 40 (x), got {self.magnification}")
+        if int(self.tile_size) != self.tile_size or int(self.tile_size) not in ALLOWED_TILE_SIZES:
+            raise UserError(f"tile size must be one of {', '.join(map(str, ALLOWED_TILE_SIZES))} px, "
+                            f"got {self.tile_size}")
+        if not 0.0 <= float(self.overlap) < 1.0:
+            raise UserError(f"overlap must be a fraction in [0, 1), got {self.overlap}")
+        if not 0.0 <= float(self.min_tissue) <= 1.0:
+            raise UserError(f"minimum tissue fraction must be in [0, 1], got {self.min_tissue}")
+        if self.max_tiles is not None and (int(self.max_tiles) != self.max_tiles or int(self.max_tiles) < 1):
+            raise UserError(f"max tiles must be a positive integer, got {self.max_tiles}")
+        object.__setattr__(self, "magnification", float(self.magnification))
+        object.__setattr__(self, "tile_size", int(self.tile_size))
+        object.__setattr__(self, "overlap", float(self.overlap))
+        object.__setattr__(self, "min_tissue", float(self.min_tissue))
+        object.__setattr__(self, "seed", int(self.seed))
+
+    @property
+    def mpp(self) -> float:
+        """Working µm/px: 10 / magnification (20x = 0.5 µm/px)."""
+        return 10.0 / self.magnification
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON-serialisable)."""
+        return asdict(self)
+
+
+def tile_size_level0(slide, config: TilingConfig) -> int:
+    """Side of one tile in level-0 px: round(tile_size * config.mpp / slide.mpp)."""
+    return max(1, int(round(config.tile_size * config.mpp / slide.mpp)))
+
+
+def _empty_table() -> pd.DataFrame:
+    return pd.DataFrame({"x": pd.Series([], dtype=np.int64), "y": pd.Series([], dtype=np.int64),
+                         "size": pd.Series([], dtype=np.int64),
+                         "tissue_fraction": pd.Series([], dtype=np.float32)})
+
+
+def tile_slide(slide, rois: Optional[Sequence[np.ndarray]] = None, config: TilingConfig = TilingConfig(),
+               tissue: Union[bool, "object"] = True, *, progress: Optional[ProgressFn] = None,
+               should_stop: Optional[StopFn] = None) -> pd.DataFrame:
+    """Tile table (x, y, size level-0 px; tissue_fraction 0..1) of tiles inside ROI ∩ tissue, sorted by (y, x).
+
+    ``rois``: (x, y) level-0 polygons (None = whole slide; an empty list selects nothing).  ``tissue``: True to
+    detect tissue automatically (:func:`napari_lnm.tissue.tissue_mask`), False to treat
+    everything inside the ROI as tissue, or a precomputed :class:`TissueMask`.
+    The grid is anchored at the slide origin with stride ``size * (1 - overlap)``;
+    only tiles fully inside the slide are considered.  The tissue fraction is the mean
+    of the region mask over the tile (integral image).  With ``config.max_tiles`` a
+    random subset is drawn with ``config.seed``.  Empty table when nothing qualifies.
+    """
+    from napari_lnm.tissue import TissueMask, polygons_mask, tissue_mask
+
+    report(progress, 0, 3, "tissue mask")
+    check_stop(should_stop)
+    W, H = slide.dimensions
+    size = tile_size_level0(slide, config)
+    stride = max(1, int(round(size * (1.0 - config.overlap))))
+    if isinstance(tissue, TissueMask):
+        tm = tissue
+        region = tm.mask.copy()
+    elif tissue:
+        tm = tissue_mask(slide)
+        region = tm.mask.copy()
+    else:
+        ds = max(1.0, max(W, H) / 2048.0, 8.0 / slide.mpp)
+        shape = (max(1, int(round(H / ds))), max(1, int(round(W / ds))))
+        tm = TissueMask(mask=np.ones(shape, bool), downsample=W / shape[1], mpp=W / shape[1] * slide.mpp)
+        region = tm.mask.copy()
+    ds = float(tm.downsample)
+    if rois is not None:
+        rois = list(rois)
+        region &= polygons_mask(rois, region.shape, ds)
+    report(progress, 1, 3, "tile grid")
+    check_stop(should_stop)
+    if W < size or H < size or not region.any():
+        report(progress, 3, 3, "no tiles")
+        return _empty_table()
+    # candidate grid restricted to the region's bounding box (anchored at the origin)
+    rows = np.flatnonzero(region.any(axis=1))
+    cols = np.flatnonzero(region.any(axis=0))
+    bx0, bx1 = cols[0] * ds, (cols[-1] + 1) * ds
+    by0, by1 = rows[0] * ds, (rows[-1] + 1) * ds
+    xs = np.arange(max(0, int((bx0 - size) // stride)) * stride, W - size + 1, stride, dtype=np.int64)
+    ys = np.arange(max(0, int((by0 - size) // stride)) * stride, H - size + 1, stride, dtype=np.int64)
+    xs = xs[(xs + size > bx0) & (xs < bx1)]
+    ys = ys[(ys + size > by0) & (ys < by1)]
+    if xs.size == 0 or ys.size == 0:
+        return _empty_table()
+    # integral image of the region mask; tile -> mask px box [r0, r1) x [c0, c1)
+    integ = np.zeros((region.shape[0] + 1, region.shape[1] + 1), np.int64)
+    integ[1:, 1:] = region.astype(np.int64).cumsum(0).cumsum(1)
+    mh, mw = region.shape
+
+    def box(v0: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        a = np.clip(np.round(v0 / ds).astype(np.int64), 0, limit)
+        b = np.clip(np.round((v0 + size) / ds).astype(np.int64), 0, limit)
+        b = np.maximum(b, np.minimum(a + 1, limit))
+        a = np.minimum(a, b - 1).clip(0)
+        return a, b
+
+    c0, c1 = box(xs, mw)
+    r0, r1 = box(ys, mh)
+    R0, C0 = np.meshgrid(r0, c0, indexing="ij")
+    R1, C1 = np.meshgrid(r1, c1, indexing="ij")
+    sums = integ[R1, C1] - integ[R0, C1] - integ[R1, C0] + integ[R0, C0]
+    area = np.maximum((R1 - R0) * (C1 - C0), 1)
+    frac = (sums / area).astype(np.float32)
+    keep = (frac >= config.min_tissue) & (frac > 0)
+    ri, ci = np.nonzero(keep)  # row-major: sorted by y then x
+    table = pd.DataFrame({
+        "x": xs[ci].astype(np.int64),
+        "y": ys[ri].astype(np.int64),
+        "size": np.full(ri.size, size, np.int64),
+        "tissue_fraction": frac[ri, ci],
+    })
+    report(progress, 2, 3, "sampling")
+    if config.max_tiles is not None and len(table) > config.max_tiles:
+        rng = np.random.default_rng(config.seed)
+        pick = np.sort(rng.choice(len(table), size=config.max_tiles, replace=False))
+        table = table.iloc[pick].reset_index(drop=True)
+    table.attrs.update({"mpp": config.mpp, "tile_size": config.tile_size, "magnification": config.magnification,
+                        "slide_mpp": slide.mpp, "candidates": int(keep.sum())})
+    report(progress, 3, 3, f"{len(table)} tiles")
+    return table
+
+
+def read_tile(slide, x: int, y: int, config: TilingConfig) -> np.ndarray:
+    """RGB uint8 (tile_size, tile_size, 3) of the tile at level-0 (x, y), resampled to ``config.mpp`` µm/px."""
+    size = tile_size_level0(slide, config)
+    return slide.read_region(int(x), int(y), size, size, mpp=config.mpp,
+                             out_shape=(config.tile_size, config.tile_size))

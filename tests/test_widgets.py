@@ -1,0 +1,279 @@
+"""GUI tests of the napari widgets (pytest-qt + make_napari_viewer); run with ``xvfb-run -a python -m pytest``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+pytestmark = [pytest.mark.gui, pytest.mark.timeout(300)]
+
+MPP = 0.5
+RESULT_LAYERS = ("H", "E", "nuclei", "voronoi", "delaunay", "tiles", "key tiles")
+
+
+def _feature_tables(n_slides: int, n_tiles: int, seed: int):
+    """Synthetic per-tile feature tables whose nucleus features shift with the label (for a tiny real model)."""
+    from napari_lnm.features import feature_names
+
+    names = feature_names()
+    rng = np.random.default_rng(seed)
+    labels = np.array([i % 2 for i in range(n_slides)])
+    tables = []
+    for i, y in enumerate(labels):
+        base = rng.normal(size=(n_tiles, len(names)))
+        shift = np.array([0.8 * y if n.startswith(("nucleus.", "graph.")) else 0.0 for n in names])
+        df = pd.DataFrame(np.abs(base + shift) * 10 + 1, columns=names)
+        df.insert(0, "tissue_fraction", 1.0)
+        df.insert(0, "size", 256)
+        df.insert(0, "y", np.arange(n_tiles) * 256)
+        df.insert(0, "x", 0)
+        df.insert(0, "slide_id", f"s{i:02d}")
+        tables.append(df)
+    return tables, labels
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    """A small XGBoost bundle trained here on synthetic feature tables (20x, 256-px tiles)."""
+    from napari_lnm.model import TrainConfig, train_model
+
+    tables, labels = _feature_tables(12, 30, seed=1)
+    cfg = TrainConfig(cv=3, n_bootstrap=50, tiling={"magnification": 20.0, "tile_size": 256})
+    bundle = train_model(tables, labels, cfg)
+    return bundle.save(tmp_path_factory.mktemp("model") / "bundle")
+
+
+@pytest.fixture(scope="module")
+def slide_path(tmp_path_factory) -> Path:
+    """A 1024x1024 synthetic H&E pyramidal TIFF at 0.5 µm/px (16 tiles of 256 px at 20x)."""
+    from napari_lnm.synth import make_synthetic_tile, write_pyramid_tiff
+
+    rgb = make_synthetic_tile(1, "CMS2", seed=3, size=1024, mpp=MPP)
+    p = tmp_path_factory.mktemp("slide") / "synthetic.tif"
+    write_pyramid_tiff(p, rgb, mpp=MPP)
+    return p
+
+
+def _open(viewer, path):
+    layers = viewer.open(str(path), plugin="napari-lnm")
+    assert layers, "the napari-lnm reader returned no layer"
+    layer = layers[0]
+    assert layer.metadata["napari_lnm_path"] and layer.metadata["mpp"] == pytest.approx(MPP, rel=1e-3)
+    return layer
+
+
+def _widget(viewer, bundle_dir, max_tiles=4):
+    from napari_lnm._widgets import AnalyseWidget
+
+    w = AnalyseWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Analyse slide")
+    w.model_edit.setText(str(bundle_dir))
+    w.tile_combo.setCurrentText("256")
+    w.mag_combo.setCurrentText("20x")
+    w.max_tiles.setValue(max_tiles)
+    w.roi_combo.setCurrentText("auto tissue")
+    return w
+
+
+def _wait_done(qtbot, w, timeout=120_000):
+    qtbot.waitUntil(lambda: not w.runner.running and w.run_btn.isEnabled(), timeout=timeout)
+
+
+def _result_layer_names(viewer):
+    return [lyr.name for lyr in viewer.layers if lyr.metadata.get("napari_lnm_result")]
+
+
+def test_analyse_shows_aligned_layers_inspect_and_export(make_napari_viewer, qtbot, slide_path, bundle_dir, tmp_path):
+    viewer = make_napari_viewer()
+    slide = _open(viewer, slide_path)
+    w = _widget(viewer, bundle_dir)
+    seen = []
+    w.runner.progressed.connect(lambda d, t, m: seen.append((d, t)))
+    assert w.run()
+    _wait_done(qtbot, w)
+    assert w.last_status == "done", w.status.text()
+    assert any(t == 4 and d == 4 for d, t in seen), "progress never counted the tiles"
+    names = _result_layer_names(viewer)
+    assert sorted(names) == sorted(RESULT_LAYERS)
+    assert w.prob_label.text().endswith("%")
+
+    from napari_lnm._widgets._common import get_result
+
+    res = get_result(viewer)
+    t = res.prediction.tiles
+    assert len(t) == 4
+    # key tiles / tiles: world position of the rectangles equals the tile's level-0 position x mpp
+    tiles_layer = viewer.layers["tiles"]
+    corner = tiles_layer.data_to_world(tiles_layer.data[0].min(0))
+    np.testing.assert_allclose(corner, [(t["y"].iloc[0] - 0.5) * MPP, (t["x"].iloc[0] - 0.5) * MPP])
+    # H mosaic: its pixel (0, 0) sits on the top-left analysed tile
+    h = viewer.layers["H"]
+    np.testing.assert_allclose(h.data_to_world((0, 0)), [t["y"].min() * MPP, t["x"].min() * MPP], atol=1e-6)
+    assert np.asarray(h.data).shape[0] <= (t["y"].max() - t["y"].min() + 256)
+    # nuclei ids unique across tiles: as many labels as nuclei found in all tiles
+    lab = np.asarray(viewer.layers["nuclei"].data)
+    n_nuc = sum(int(np.asarray(a.labels).max()) for a in res.prediction.analyses)
+    assert len(np.unique(lab[lab > 0])) == n_nuc > 0
+    assert np.asarray(viewer.layers["voronoi"].data).shape[1:] == (2, 2)
+    key = viewer.layers["key tiles"]
+    assert list(key.features["rank"]) == list(range(1, len(key.data) + 1))
+    assert all(isinstance(r, str) and r for r in key.features["reason"])
+    assert w.chart is not None and w.chart.figure.axes
+
+    # inspect: click in the middle of the first tile
+    from napari_lnm._widgets import ExportWidget, InspectTileWidget
+
+    ins = InspectTileWidget(viewer)
+    viewer.window.add_dock_widget(ins)
+    x, y, s = (float(t[c].iloc[0]) for c in ("x", "y", "size"))
+    assert ins.inspect_world(((y + s / 2) * MPP, (x + s / 2) * MPP)) == 0
+    assert ins.table.rowCount() > 0
+    df = ins.inspect(0)
+    assert df["bin"].str.match(r"^\d+ of \d+$|^–$").all()
+    assert (df["bin"] != "–").any()
+
+    # export: GeoJSON re-imports onto the same level-0 geometry
+    from napari_lnm.tissue import read_geojson
+
+    ex = ExportWidget(viewer)
+    viewer.window.add_dock_widget(ex)
+    ex.dir_edit.setText(str(tmp_path))
+    paths = ex.export()
+    assert set(paths) >= {"roi", "nuclei", "key_tiles", "json", "tiles_csv"}
+    nuclei = read_geojson(paths["nuclei"])
+    assert len(nuclei) >= 0.9 * n_nuc
+    for poly in nuclei[:20]:  # every nucleus lies inside an analysed tile
+        cx, cy = poly.mean(0)
+        assert ((cx >= t["x"]) & (cx < t["x"] + t["size"]) & (cy >= t["y"]) & (cy < t["y"] + t["size"])).any()
+    keys = read_geojson(paths["key_tiles"])
+    k = res.prediction.key_tiles
+    assert len(keys) == len(k)
+    if len(k):
+        np.testing.assert_allclose(keys[0].min(0), [k["x"].iloc[0], k["y"].iloc[0]])
+        np.testing.assert_allclose(keys[0].max(0), [k["x"].iloc[0] + k["size"].iloc[0], k["y"].iloc[0] + k["size"].iloc[0]])
+    summary = json.loads(paths["json"].read_text())
+    assert summary["probability"] == pytest.approx(res.prediction.probability)
+    png = ex.report()
+    assert png is not None and png.stat().st_size > 10_000
+
+
+def test_run_twice_replaces_layers_and_roi_from_shapes(make_napari_viewer, qtbot, slide_path, bundle_dir):
+    viewer = make_napari_viewer()
+    _open(viewer, slide_path)
+    w = _widget(viewer, bundle_dir, max_tiles=2)
+    assert w.run()
+    _wait_done(qtbot, w)
+    n_layers = len(viewer.layers)
+    # second run on a drawn ROI: a rectangle over the top-left 512x512 level-0 px (µm in world coordinates)
+    roi = viewer.add_shapes([np.array([[0, 0], [0, 256], [256, 256], [256, 0]], float)], shape_type="polygon",
+                            name="my ROI")
+    w.roi_combo.setCurrentText("my ROI")
+    n_layers += 1
+    assert w.run()
+    _wait_done(qtbot, w)
+    assert w.last_status == "done", w.status.text()
+    assert len(viewer.layers) == n_layers
+    assert sorted(_result_layer_names(viewer)) == sorted(RESULT_LAYERS)
+    t = viewer.layers["tiles"].features
+    from napari_lnm._widgets._common import get_result
+
+    tiles = get_result(viewer).prediction.tiles
+    assert (tiles["x"] + tiles["size"] <= 512 + 1).all() and (tiles["y"] + tiles["size"] <= 512 + 1).all()
+    assert len(t) == len(tiles)
+    assert roi in viewer.layers
+
+
+def test_cancel_stops_within_a_second(make_napari_viewer, qtbot, slide_path, bundle_dir):
+    viewer = make_napari_viewer()
+    _open(viewer, slide_path)
+    w = _widget(viewer, bundle_dir, max_tiles=16)
+    progressed = []
+    w.runner.progressed.connect(lambda d, t, m: progressed.append(d))
+    assert w.run()
+    qtbot.waitUntil(lambda: any(d >= 1 for d in progressed), timeout=60_000)
+    t0 = time.perf_counter()
+    w.cancel()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=5_000)
+    assert time.perf_counter() - t0 < 1.5
+    _wait_done(qtbot, w)
+    assert w.last_status == "cancelled"
+    assert _result_layer_names(viewer) == []
+
+
+def test_removing_slide_layer_mid_run_stops_cleanly(make_napari_viewer, qtbot, slide_path, bundle_dir):
+    viewer = make_napari_viewer()
+    slide = _open(viewer, slide_path)
+    w = _widget(viewer, bundle_dir, max_tiles=16)
+    progressed = []
+    w.runner.progressed.connect(lambda d, t, m: progressed.append(d))
+    assert w.run()
+    qtbot.waitUntil(lambda: any(d >= 1 for d in progressed), timeout=60_000)
+    viewer.layers.remove(slide)
+    _wait_done(qtbot, w, timeout=10_000)
+    assert w.last_status in ("cancelled", "discarded")
+    assert _result_layer_names(viewer) == []
+
+
+def test_closing_viewer_mid_run_stops_worker(make_napari_viewer, qtbot, slide_path, bundle_dir):
+    viewer = make_napari_viewer()
+    _open(viewer, slide_path)
+    w = _widget(viewer, bundle_dir, max_tiles=16)
+    progressed = []
+    w.runner.progressed.connect(lambda d, t, m: progressed.append(d))
+    assert w.run()
+    qtbot.waitUntil(lambda: any(d >= 1 for d in progressed), timeout=60_000)
+    runner = w.runner
+    viewer.close()
+    assert not runner.running  # the close handler cancelled and joined the worker
+
+
+def test_wrong_model_file_gives_notification(make_napari_viewer, qtbot, slide_path, tmp_path, monkeypatch):
+    import napari.utils.notifications as notes
+
+    shown = []
+    monkeypatch.setattr(notes, "show_error", lambda msg: shown.append(msg))
+    viewer = make_napari_viewer()
+    _open(viewer, slide_path)
+    bad = tmp_path / "not_a_model.txt"
+    bad.write_text("hello")
+    w = _widget(viewer, bad)
+    assert not w.set_model_path(str(bad))
+    assert shown and "not a model bundle" in shown[-1] and "\n" not in shown[-1]
+    assert not w.run()  # Run refuses with a notification too, no worker, no traceback
+    assert len(shown) == 2 and not w.runner.running
+
+
+def test_train_widget_cross_validates_and_saves(make_napari_viewer, qtbot, tmp_path):
+    from napari_lnm._widgets import TrainWidget
+    from napari_lnm.model import ModelBundle
+
+    tables, labels = _feature_tables(10, 20, seed=5)
+    feats = tmp_path / "features"
+    feats.mkdir()
+    for tbl in tables:
+        tbl.to_parquet(feats / f"{tbl['slide_id'].iloc[0]}.parquet", index=False)
+    cohort = pd.DataFrame({"slide_id": [t["slide_id"].iloc[0] for t in tables],
+                           "path": [f"slides/{t['slide_id'].iloc[0]}.tif" for t in tables], "label": labels})
+    cohort.to_csv(tmp_path / "cohort.csv", index=False)
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.cohort_edit.setText(str(tmp_path / "cohort.csv"))
+    w.features_edit.setText(str(feats))
+    w.out_edit.setText(str(tmp_path / "trained"))
+    w.cv_spin.setValue(3)
+    assert w.run()
+    qtbot.waitUntil(lambda: not w.runner.running and w.run_btn.isEnabled(), timeout=120_000)
+    assert w.last_status == "done", w.status.text()
+    assert w.auc_label.text().startswith("CV AUC")
+    bundle = ModelBundle.load(tmp_path / "trained")
+    assert bundle.cv_report is not None and 0.0 <= bundle.cv_report.auc <= 1.0
+    assert w.chart.figure.axes[0].lines  # the ROC curve is drawn
