@@ -21,6 +21,7 @@ def test_vote_majority_counts_and_mean():
     assert v.n_tiles == 3
     assert v.mean_probs["CMS2"] == pytest.approx((0.1 + 0.2 + 0.8) / 3)
     assert v.probs.shape == (3, 4) and v.probs.dtype == np.float32
+    assert list(v.tile_subtypes()) == ["CMS1", "CMS1", "CMS2"]
     assert json.loads(json.dumps(v.to_dict()))["subtype"] == "CMS1"
 
 
@@ -349,8 +350,11 @@ def test_slides_end_to_end_cache_and_predict(tmp_path, capsys):
     assert v.subtype in SUBTYPES
     assert big.probs.shape[1] == 4 and big.n_tiles >= 1
     rc = main(["predict-subtype", str(tmp_path / "c" / path), "--model", str(tmp_path / "model"),
-               "--json", str(tmp_path / "v.json"), "--quiet"])
+               "--json", str(tmp_path / "v.json"), "--tiles-csv", str(tmp_path / "t.csv"), "--quiet"])
     assert rc == 0
+    per_tile = pd.read_csv(tmp_path / "t.csv")
+    assert len(per_tile) == len(tiles) and list(per_tile.columns[:4]) == ["x", "y", "size", "subtype"]
+    assert per_tile["subtype"].value_counts().to_dict() == {k: c for k, c in v.counts.items() if c}
     assert json.loads((tmp_path / "v.json").read_text())["subtype"] == v.subtype
     assert f"subtype {v.subtype}" in capsys.readouterr().out
 

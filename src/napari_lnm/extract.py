@@ -419,8 +419,8 @@ class _SlideJob:
 
 
 def _chunk_bounds(n: int, workers: int, chunk_tiles: int) -> list[tuple[int, int]]:
-    """Split n tiles into contiguous chunks: at most ``chunk_tiles``, at least 2 chunks per worker when possible."""
-    per = max(1, min(chunk_tiles, n // max(1, 2 * workers)))
+    """Split n tiles into contiguous chunks: at most ``chunk_tiles``, ~8 chunks per worker (load balance)."""
+    per = max(1, min(chunk_tiles, n // max(1, 8 * workers)))
     return [(s, min(n, s + per)) for s in range(0, n, per)]
 
 

@@ -13,7 +13,7 @@ Methods
 ``"watershed"`` — classical marker-controlled watershed: the same foreground; seeds at prominent
     maxima of the smoothed distance transform, flooding the negated distance (skimage watershed).
 ``"deep"`` — a user-supplied TorchScript model (``weights=path``) mapping RGB to instance labels or
-    to a nucleus probability map (then split into instances with the LMC seeds).
+    to nucleus probability / background-interior-boundary maps (split into instances by LMC).
 """
 
 from __future__ import annotations
@@ -330,8 +330,22 @@ def _load_deep(weights: Any) -> Any:
     return model
 
 
-def _deep(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig, weights: Any) -> np.ndarray:
-    """Run a TorchScript model on RGB: int output = instance labels; float output = nucleus probability."""
+def _instances_from_maps(fg: np.ndarray, resp: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
+    """Instances from a foreground mask and a seed response (µm): local-maximum clustering."""
+    if not fg.any():
+        return np.zeros(fg.shape, dtype=np.int32)
+    resp = resp + _gauss(_distance(fg, mpp), 0.5 * cfg.nucleus_radius_um / np.sqrt(2.0) / mpp)
+    return _max_clustering(resp.astype(np.float32), fg, cfg.seed_radius_um / mpp)
+
+
+def _deep(rgb: np.ndarray, mpp: float, cfg: NucleiConfig, weights: Any) -> np.ndarray:
+    """Run a TorchScript model on RGB (1, 3, H, W) float in [0, 1] and turn its output into instances.
+
+    Accepted outputs (batch and singleton axes squeezed): integer (H, W) instance labels; float (H, W)
+    nucleus probability (logits if outside [0, 1]); (2, H, W) background/nucleus scores; (3, H, W)
+    background/interior/boundary scores (softmax over the first axis).  Probability maps are split
+    into nuclei by local-maximum clustering of the distance transform plus the interior probability.
+    """
     import torch
 
     model = _load_deep(weights)
@@ -343,22 +357,22 @@ def _deep(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig, weights
         raise ModelError(f"{weights}: the model failed on a {rgb.shape} tile ({type(exc).__name__}: {exc})") from None
     if isinstance(out, (tuple, list)):
         out = out[0]
-    arr = out.detach().cpu().numpy()
-    arr = np.squeeze(arr)
-    if arr.ndim == 3:  # (C, H, W) class scores: probability of the last channel (nucleus)
-        e = np.exp(arr - arr.max(axis=0, keepdims=True))
-        arr = (e / e.sum(axis=0, keepdims=True))[-1]
-    if arr.shape != h.shape:
-        raise ModelError(f"{weights}: model output shape {arr.shape} does not match the tile {h.shape}")
-    if np.issubdtype(arr.dtype, np.integer):
+    arr = np.squeeze(out.detach().cpu().numpy())
+    shape = rgb.shape[:2]
+    if arr.shape[-2:] != shape or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[0] > 3):
+        raise ModelError(f"{weights}: model output shape {arr.shape} does not fit the tile {shape}")
+    if arr.ndim == 2 and np.issubdtype(arr.dtype, np.integer):
         return arr.astype(np.int64)
-    prob = arr.astype(np.float32)
-    fg = prob > 0.5
-    if not fg.any():
-        return np.zeros(h.shape, dtype=np.int32)
-    resp = _gauss(_distance(fg, mpp), 0.25 * cfg.nucleus_radius_um / mpp) + prob
-    markers = _peaks(resp, fg, cfg.seed_radius_um / mpp, cfg.seed_h)
-    return _watershed(-resp, markers, fg)
+    arr = arr.astype(np.float32)
+    if arr.ndim == 2:
+        prob = arr if (arr.min() >= 0 and arr.max() <= 1) else 1.0 / (1.0 + np.exp(-arr))
+        return _instances_from_maps(prob > 0.5, prob, mpp, cfg)
+    e = np.exp(arr - arr.max(axis=0, keepdims=True))
+    p = e / e.sum(axis=0, keepdims=True)
+    fg = p[0] < 0.5
+    fg = _fill_holes(_open(fg, cfg.open_radius_um / mpp), cfg.fill_holes_um2 / (mpp * mpp))
+    seed_map = p[1] - p[2] if p.shape[0] == 3 else p[1]
+    return _instances_from_maps(fg, np.float32(cfg.nucleus_radius_um) * seed_map, mpp, cfg)
 
 
 def segment_nuclei(
@@ -397,6 +411,6 @@ def segment_nuclei(
     elif method == "watershed":
         lab = _classic_watershed(h, mpp, cfg)
     else:
-        lab = _deep(rgb, h, mpp, cfg, weights)
+        lab = _deep(rgb, mpp, cfg, weights)
     px = mpp * mpp
     return relabel_consecutive(lab, int(np.ceil(cfg.min_area_um2 / px)), int(cfg.max_area_um2 / px))

@@ -53,6 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--max-tiles", type=int, default=None, help="draw at most N tiles at random (seeded)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
+    q.add_argument("--tiles-csv", default=None, metavar="FILE",
+                   help="also write every tile (x, y, size level-0 px) with its subtype and probabilities")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(func=run_predict)
 
@@ -133,4 +135,10 @@ def run_predict(args: argparse.Namespace) -> int:
         print(f"  {c}: {v.counts[c]:5d} tiles, mean probability {v.mean_probs[c]:.3f}")
     if args.json:
         write_text_atomic(args.json, json.dumps(dict(v.to_dict(), slide=str(args.slide)), indent=2))
+    if args.tiles_csv:
+        table = tiles[["x", "y", "size"]].reset_index(drop=True).copy()
+        table["subtype"] = v.tile_subtypes()
+        for i, c in enumerate(v.classes):
+            table[f"p_{c}"] = v.probs[:, i]
+        write_text_atomic(args.tiles_csv, table.to_csv(index=False, float_format="%.5f"))
     return 0

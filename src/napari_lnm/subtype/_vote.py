@@ -31,6 +31,12 @@ class SubtypeVote:
         """Number of tiles that voted."""
         return int(sum(self.counts.values()))
 
+    def tile_subtypes(self) -> np.ndarray:
+        """Per-tile predicted subtype names (argmax of ``probs``), for an overlay layer; empty if no probs."""
+        if self.probs is None:
+            return np.array([], dtype=object)
+        return np.asarray(self.classes, dtype=object)[np.argmax(self.probs, axis=1)]
+
     def to_dict(self) -> dict:
         """JSON-ready summary (no per-tile arrays)."""
         return {
