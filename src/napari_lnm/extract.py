@@ -576,6 +576,8 @@ def _run_jobs(ex, todo: list[_SlideJob], config: TilingConfig, mpp: Optional[flo
                         return
             return
         job.chunks[k] = res
+        tiles_done = sum(len(c) for c in job.chunks.values())
+        report(progress, done, total, f"{job.slide_id}: {tiles_done}/{len(job.table)} tiles")
         if len(job.chunks) == job.n_chunks:
             feats = np.concatenate([job.chunks[i] for i in range(job.n_chunks)], axis=0)
             df = _assemble(job.slide_id, job.table, feats)

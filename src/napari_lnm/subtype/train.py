@@ -424,7 +424,7 @@ def train_subtype(tiles_source: Any, cohort: Any, out_dir: Optional[str | Path] 
         net = model.net
         loss_fn = nn.CrossEntropyLoss(weight=w.to(dev))
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-        steps_per_epoch = max(1, n // batch_size) if n >= batch_size else 1
+        steps_per_epoch = max(1, math.ceil(n / batch_size) - (1 if n % batch_size == 1 and n > 1 else 0))
         total_steps = epochs * steps_per_epoch
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)) * 0.95 + 0.05)
