@@ -116,7 +116,7 @@ def screenshots(out_dir: Path, model: Path, cohort_csv: str = "", features_dir: 
     sample = Path(__file__).resolve().parents[1] / "src" / "napari_lnm" / "data" / "cmu_small_region.svs"
     for name, path, tiles in (("cmu", sample, 24), ("synthetic", synth, 16)):
         viewer = napari.Viewer(show=True)
-        viewer.window._qt_window.resize(1600, 1000)
+        viewer.window._qt_window.resize(1800, 1100)
         viewer.open(str(path), plugin="napari-lnm")
         w = AnalyseWidget(viewer)
         viewer.window.add_dock_widget(w, name="Analyse slide", area="right")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -74,11 +73,15 @@ def test_predict_cohort_csv_reports_bad_slide(assets, tmp_path, capsys):
     rc = main(["predict", "--cohort", str(csv), "--model", str(model), "--out", str(out), "--max-tiles", "1",
                "--quiet"])
     err = capsys.readouterr().err
-    if rc == 1 and "BROKEN" in err:  # cohort reader accepted the file list; the slide failed on its own
-        assert (out / "A" / "result.json").is_file()
-        assert "broken.tif" in err
-    else:  # cohort reader checks files up front: one clear line, nothing written
-        assert rc == 1 and "broken.tif" in err
+    # the broken slide is reported on one line naming the file; the others are still predicted
+    assert rc == 1
+    assert "BROKEN" in err and "broken.tif" in err and "Traceback" not in err
+    assert (out / "A" / "result.json").is_file() and not (out / "BROKEN" / "result.json").exists()
+    assert list(pd.read_csv(out / "summary.csv")["slide_id"]) == ["A"]
+    # a cohort without the path column is a one-line error
+    (tmp_path / "nopath.csv").write_text("slide_id,label\nA,1\n")
+    assert main(["predict", "--cohort", str(tmp_path / "nopath.csv"), "--model", str(model), "--out", str(out)]) == 1
+    assert "path" in capsys.readouterr().err
 
 
 def test_predict_user_errors(assets, tmp_path, capsys):
@@ -90,3 +93,14 @@ def test_predict_user_errors(assets, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "missing.svs"), "--model", str(model), "--out", str(tmp_path / "o")]) == 1
     assert "missing.svs" in capsys.readouterr().err
     assert not (tmp_path / "o" / "result.json").exists()
+
+
+def test_predict_option_errors(assets, tmp_path, capsys):
+    _, model, a, _ = assets
+    base = ["predict", str(a), "--model", str(model), "--out", str(tmp_path / "o")]
+    assert main(base + ["--top-k", "0"]) == 1
+    assert "--top-k" in capsys.readouterr().err
+    assert main(base + ["--mpp", "-1"]) == 1
+    assert "--mpp" in capsys.readouterr().err
+    assert main(base + ["--max-tiles", "0"]) == 1
+    assert "max tiles" in capsys.readouterr().err

@@ -127,3 +127,18 @@ def test_features_doc_is_generated_and_current(tmp_path):
         assert f"| `{name}` |" in text
     doc = ROOT / "docs" / "features.md"
     assert doc.read_text(encoding="utf-8") == text, "docs/features.md is stale: run `napari-lnm features-doc`"
+
+
+def test_features_frame_cancel():
+    from napari_lnm.progress import Cancelled
+
+    tiles = [np.full((32, 32, 3), 255, np.uint8)] * 3
+    seen = []
+
+    def stop():
+        seen.append(1)
+        return len(seen) > 1
+
+    with pytest.raises(Cancelled):
+        F.features_frame(tiles, 0.5, should_stop=stop)
+    assert len(seen) == 2

@@ -159,3 +159,14 @@ def test_bad_input():
         N.nucleus_table(-np.ones((4, 4), np.int32), 0.5)
     with pytest.raises(UserError):
         N.nucleus_table(np.ones((4, 4), np.int32), 0.0)
+
+
+def test_huge_label_values_and_dtypes():
+    lab = random_blobs(4, shape=(80, 90), n=12)
+    ref = N.nucleus_table(lab, 0.5)
+    big = np.where(lab > 0, lab.astype(np.int64) * 10_000_019, 0)
+    t = N.nucleus_table(big, 0.5)
+    np.testing.assert_array_equal(t.ids, ref.ids * 10_000_019)
+    np.testing.assert_allclose(t.values, ref.values, equal_nan=True)
+    t16 = N.nucleus_table(lab.astype(np.uint16), 0.5)
+    np.testing.assert_allclose(t16.values, ref.values, equal_nan=True)

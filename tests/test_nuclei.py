@@ -144,6 +144,16 @@ def test_given_h_image_and_config_are_used():
     assert segment_nuclei(rgb, 0.5, config=NucleiConfig(threshold=5.0)).max() == 0
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (5, 7), (301, 257)])
+def test_odd_and_tiny_shapes(shape):
+    rgb = render_scene(grid_centres(3, 20.0), 3.5, 0.25, size_um=80.0)[: shape[0], : shape[1]]
+    for method in CLASSIC:
+        lab = segment_nuclei(rgb, 0.25, method=method)
+        assert lab.shape == shape and lab.dtype == np.int32
+    if shape == (301, 257):
+        assert lab.max() == 9
+
+
 def test_deterministic():
     rgb = render_scene(grid_centres(4, 15.0), 3.0, 0.5, size_um=80.0, seed=9)
     a = segment_nuclei(rgb, 0.5)
@@ -184,6 +194,35 @@ def test_deep_with_a_torchscript_probability_model(tmp_path):
     assert lab.dtype == np.int32 and lab.max() == len(centres)
 
 
+def test_deep_three_class_output(tmp_path):
+    """A model returning background / interior / boundary scores is split into nuclei."""
+    torch = pytest.importorskip("torch")
+
+    class ThreeClass(torch.nn.Module):
+        def forward(self, x):
+            nucleus = torch.sigmoid(40.0 * (0.45 - x[:, 0:1]))
+            return torch.cat([4.0 * (1 - nucleus), 4.0 * nucleus, torch.zeros_like(nucleus)], dim=1)
+
+    path = tmp_path / "three.pt"
+    torch.jit.script(ThreeClass()).save(str(path))
+    centres = grid_centres(3, 20.0)
+    lab = segment_nuclei(render_scene(centres, 3.5, 0.5, size_um=64.0), 0.5, method="deep", weights=path)
+    assert lab.max() == len(centres)
+
+
+def test_deep_output_of_wrong_shape(tmp_path):
+    torch = pytest.importorskip("torch")
+
+    class Bad(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :, ::2, ::2]
+
+    path = tmp_path / "bad.pt"
+    torch.jit.script(Bad()).save(str(path))
+    with pytest.raises(ModelError, match="bad.pt"):
+        segment_nuclei(render_scene([(20.0, 20.0)], 3.0, 0.5, size_um=40.0), 0.5, method="deep", weights=path)
+
+
 # --- real data -------------------------------------------------------------------------
 
 
@@ -204,7 +243,7 @@ def test_real_tiles_in_repo(method):
         rgb = io.imread(t)[..., :3]
         truth = io.imread(t.with_name(t.stem + ".labels.png"))
         s = score(truth, segment_nuclei(rgb, 0.25, method=method))
-        assert s.dice > 0.8 and s.aji > 0.5 and s.f1 > 0.6, (t.name, s)
+        assert s.dice > 0.83 and s.aji > 0.55 and s.f1 > 0.7, (t.name, s)
 
 
 @pytest.mark.slow

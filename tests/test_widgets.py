@@ -126,6 +126,17 @@ def test_analyse_shows_aligned_layers_inspect_and_export(make_napari_viewer, qtb
     key = viewer.layers["key tiles"]
     assert list(key.features["rank"]) == list(range(1, len(key.data) + 1))
     assert all(isinstance(r, str) and r for r in key.features["reason"])
+    # hovering a key tile puts its reason in the layer's help text (shown in the status bar)
+    from types import SimpleNamespace
+
+    from napari_lnm._widgets.analyse import HOVER_HELP, _key_tile_hover
+
+    k0 = res.prediction.key_tiles.iloc[0]
+    centre = ((k0["y"] + k0["size"] / 2) * MPP, (k0["x"] + k0["size"] / 2) * MPP)
+    _key_tile_hover(key, SimpleNamespace(position=centre, view_direction=None, dims_displayed=[0, 1]))
+    assert key.help.startswith("key tile 1 (") and k0["reason"] in key.help
+    _key_tile_hover(key, SimpleNamespace(position=(-1e6, -1e6), view_direction=None, dims_displayed=[0, 1]))
+    assert key.help == HOVER_HELP
     assert w.chart is not None and w.chart.figure.axes
 
     # inspect: click in the middle of the first tile
@@ -277,3 +288,40 @@ def test_train_widget_cross_validates_and_saves(make_napari_viewer, qtbot, tmp_p
     bundle = ModelBundle.load(tmp_path / "trained")
     assert bundle.cv_report is not None and 0.0 <= bundle.cv_report.auc <= 1.0
     assert w.chart.figure.axes[0].lines  # the ROC curve is drawn
+
+
+def test_train_widget_extracts_features_first(make_napari_viewer, qtbot, tmp_path):
+    from napari_lnm._widgets import TrainWidget
+    from napari_lnm.model import ModelBundle
+    from napari_lnm.synth import make_cohort
+
+    csv = make_cohort(tmp_path / "cohort", 8, seed=0, size=(512, 512))
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.cohort_edit.setText(str(csv))
+    w.features_edit.setText(str(tmp_path / "features"))
+    w.out_edit.setText(str(tmp_path / "trained"))
+    w.extract_box.setChecked(True)
+    w.cv_spin.setValue(2)
+    assert w.run()
+    qtbot.waitUntil(lambda: not w.runner.running and w.run_btn.isEnabled(), timeout=120_000)
+    assert w.last_status == "done", w.status.text()
+    assert len(list((tmp_path / "features").glob("*.parquet"))) == 8
+    bundle = ModelBundle.load(tmp_path / "trained")
+    assert bundle.config["tiling"]["tile_size"] == 512
+
+
+def test_analyse_in_memory_photo_layer_with_user_mpp(make_napari_viewer, qtbot, bundle_dir):
+    from napari_lnm.synth import make_synthetic_tile
+
+    viewer = make_napari_viewer()
+    viewer.add_image(make_synthetic_tile(0, "CMS4", seed=2, size=512, mpp=MPP), name="photo", rgb=True)
+    w = _widget(viewer, bundle_dir, max_tiles=1)
+    assert w.slide_combo.currentText() == "photo"
+    assert "no pixel size" in w.status.text()
+    w.mpp_spin.setValue(MPP)
+    assert w.run()
+    _wait_done(qtbot, w)
+    assert w.last_status == "done", w.status.text()
+    assert len(viewer.layers["tiles"].data) == 1

@@ -459,7 +459,8 @@ def extract_cohort(cohort: Union[pd.DataFrame, str, os.PathLike], out_dir: str |
     or a ``distributed.Client``) sends tasks to a Dask cluster.  Slides are split
     into tasks of at most ``chunk_tiles`` tiles.  A failing slide is recorded in
     out_dir/errors.csv and the others continue; at the end CohortError lists the
-    failures (unless ``raise_on_error=False``).  ``progress`` counts slides.
+    failures (unless ``raise_on_error=False``: then a failed slide's path is returned
+    but does not exist).  ``progress`` counts slides (the message tells tiles).
     An optional cohort column ``roi`` names a GeoJSON ROI per slide.
     """
     if not isinstance(cohort, pd.DataFrame):

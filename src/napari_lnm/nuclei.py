@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import ModelError, UserError
-from .stain import as_rgb, separate
+from .stain import as_rgb, haematoxylin
 
 __all__ = ["NucleiConfig", "segment_nuclei", "METHODS", "relabel_consecutive"]
 
@@ -73,7 +73,7 @@ def _gauss(img: np.ndarray, sigma_px: float) -> np.ndarray:
     """Separable float32 Gaussian smoothing (sigma in px); identity for tiny sigma."""
     if sigma_px < 0.3:
         return img
-    return ndi.gaussian_filter(img, sigma_px, truncate=3.0, mode="nearest")
+    return ndi.gaussian_filter(img, sigma_px, truncate=2.5, mode="nearest")
 
 
 def _disk(radius_px: float) -> np.ndarray:
@@ -158,12 +158,9 @@ def _foreground(hs: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
 
 
 def _distance(mask: np.ndarray, mpp: float) -> np.ndarray:
-    """Distance (µm) of mask pixels to the background: mean of chessboard and city-block chamfer
-    distances, a ~5 % approximation of the Euclidean distance at a tenth of its cost."""
-    d = ndi.distance_transform_cdt(mask, metric="chessboard").astype(np.float32)
-    d += ndi.distance_transform_cdt(mask, metric="taxicab")
-    d *= np.float32(0.5 * mpp)
-    return d
+    """Chessboard (chamfer) distance of mask pixels to the background, in µm; the blob response
+    smooths it, and it is ~10x cheaper than the Euclidean transform (and scored as well)."""
+    return ndi.distance_transform_cdt(mask, metric="chessboard").astype(np.float32) * np.float32(mpp)
 
 
 def _laplace(img: np.ndarray) -> np.ndarray:
@@ -401,7 +398,7 @@ def segment_nuclei(
         except TypeError as exc:
             raise UserError(f"segment_nuclei: {exc}") from None
     if h is None:
-        h = separate(rgb)[0]
+        h = haematoxylin(rgb)
     else:
         h = np.asarray(h, dtype=np.float32)
         if h.shape != rgb.shape[:2]:

@@ -227,10 +227,20 @@ class Prediction:
                 self.top_features, out_dir / "importance.png", importance=self.importance,
                 probability=self.probability,
             )
-            paths["key_tiles"] = rep.key_tile_thumbnail(
-                slide if slide is not None else self.path, self.key_tiles, out_dir / "key_tiles.png",
-                rois=self.rois, tiles=self.tiles, probability=self.probability,
-            )
+            opened = None
+            if slide is None:  # reopen with the µm/px used for the prediction (photos have no metadata)
+                from napari_lnm.io import open_slide
+
+                mpp = self.mpp if self.mpp and math.isfinite(self.mpp) else None
+                slide = opened = open_slide(self.path, mpp=mpp)
+            try:
+                paths["key_tiles"] = rep.key_tile_thumbnail(
+                    slide, self.key_tiles, out_dir / "key_tiles.png",
+                    rois=self.rois, tiles=self.tiles, probability=self.probability,
+                )
+            finally:
+                if opened is not None:
+                    opened.close()
         p = out_dir / "result.json"
         write_text_atomic(p, self.to_json())
         paths["result"] = p

@@ -60,7 +60,8 @@ def _save(fig, path) -> Path:
     FigureCanvasAgg(fig)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", facecolor="white")
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", facecolor="white",
+                    pil_kwargs={"compress_level": 4})
     return path
 
 
@@ -164,7 +165,7 @@ def key_tile_thumbnail(
     rois: Optional[Sequence[np.ndarray]] = None,
     tiles: Optional[pd.DataFrame] = None,
     probability: Optional[float] = None,
-    max_size: int = 1200,
+    max_size: int = 1000,
 ) -> Path:
     """Slide thumbnail PNG with numbered key tiles (level-0 ``x, y, size``) outlined in their kind's colour.
 
@@ -180,7 +181,7 @@ def key_tile_thumbnail(
     scale = 9.0 / max(h, w)
     fig = Figure(figsize=(max(w * scale, 4.0) + 0.2, h * scale + 0.8))
     ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(rgb, interpolation="lanczos" if max(h, w) > 600 else "nearest")
+    ax.imshow(rgb, interpolation="antialiased")
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_axis_off()

@@ -25,6 +25,7 @@ __all__ = [
     "rgb_from_od",
     "normalize_stains",
     "separate",
+    "haematoxylin",
     "concentrations",
     "estimate_stains",
 ]
@@ -108,17 +109,39 @@ def concentrations(rgb: np.ndarray, stains: Any = None) -> np.ndarray:
     return c.reshape(od.shape)
 
 
-def separate(rgb: np.ndarray, stains: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Colour-deconvolve RGB uint8 (H, W, 3) into H and E concentration images, float32, OD units, >= 0."""
+def _stain_tables(stains: Any) -> np.ndarray:
+    """(256, 3 channels, 3 stains) float32 table: OD of each 8-bit value times the inverse stain matrix."""
     w = RUIFROK_HED if stains is None else normalize_stains(stains)
-    inv = np.linalg.inv(w)[:, :2].astype(np.float32)  # only the H and E columns are needed
+    return (_OD_LUT.astype(np.float64)[:, None, None] * np.linalg.inv(w)[None, :, :]).astype(np.float32)
+
+
+_RUIFROK_TABLES = _stain_tables(None)
+
+
+def _unmix(rgb: np.ndarray, tables: np.ndarray, k: int) -> np.ndarray:
+    """Concentration of stain ``k``: sum over channels of the table looked up at each channel's value."""
+    out = np.take(tables[:, 0, k], rgb[..., 0])
+    out += np.take(tables[:, 1, k], rgb[..., 1])
+    out += np.take(tables[:, 2, k], rgb[..., 2])
+    np.maximum(out, 0.0, out=out)
+    return out
+
+
+def separate(rgb: np.ndarray, stains: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Colour-deconvolve RGB uint8 (H, W, 3) into H and E concentration images, float32, OD units, >= 0.
+
+    Equal to ``od @ inv(W)`` (clipped at 0); as OD is a per-channel function of the 8-bit value, the
+    product is evaluated as three table look-ups per stain (no (H, W, 3) float intermediate).
+    """
+    tables = _RUIFROK_TABLES if stains is None else _stain_tables(stains)
     rgb = as_rgb(rgb)
-    od = _OD_LUT[rgb]
-    c = od.reshape(-1, 3) @ inv
-    np.maximum(c, 0.0, out=c)
-    h = np.ascontiguousarray(c[:, 0]).reshape(rgb.shape[:2])
-    e = np.ascontiguousarray(c[:, 1]).reshape(rgb.shape[:2])
-    return h, e
+    return _unmix(rgb, tables, 0), _unmix(rgb, tables, 1)
+
+
+def haematoxylin(rgb: np.ndarray, stains: Any = None) -> np.ndarray:
+    """The H concentration image alone (float32, OD units, >= 0); as ``separate(rgb, stains)[0]``."""
+    tables = _RUIFROK_TABLES if stains is None else _stain_tables(stains)
+    return _unmix(as_rgb(rgb), tables, 0)
 
 
 def _sample_rgb(rgb_or_slide: Any) -> tuple[np.ndarray, str]:

@@ -17,7 +17,8 @@ class ChartCanvas(FigureCanvasQTAgg):
     def __init__(self, width: float = 4.0, height: float = 3.0, dpi: int = 100):
         self.figure = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
         super().__init__(self.figure)
-        self.setMinimumHeight(200)
+        self.setMinimumHeight(260)
+        self.setMinimumWidth(420)
 
     def show_importance(self, names: Sequence[str], values: Sequence[float], title: str = "Top features") -> None:
         """Horizontal bar chart of the top features (largest on top), bars coloured by feature kind."""

@@ -29,6 +29,25 @@ TILE_SIZES = ("224", "256", "299", "512", "1024")
 KIND_LEGEND = ("nucleus size", "nucleus texture", "arrangement", "tile texture")
 
 
+HOVER_HELP = "hover over a numbered key tile to read why it matters"
+
+
+def key_tile_reason(layer, index) -> str:
+    """Status-bar text for key tile ``index`` of the key-tiles layer ('' if none)."""
+    if index is None or index < 0 or index >= len(layer.data):
+        return ""
+    f = layer.features
+    return f"key tile {int(f['rank'].iloc[index])} ({f['kind'].iloc[index]}): {f['reason'].iloc[index]}"
+
+
+def _key_tile_hover(layer, event) -> None:
+    """Mouse-move callback of the key-tiles layer: its help text (right of the status bar) gives the reason."""
+    value = layer.get_value(event.position, view_direction=event.view_direction,
+                            dims_displayed=event.dims_displayed, world=True)
+    index = value[0] if isinstance(value, tuple) else value
+    layer.help = key_tile_reason(layer, index) or HOVER_HELP
+
+
 def load_bundle(path: str):
     """Load a model bundle folder; any failure becomes a one-line ModelError naming the path."""
     from napari_lnm.model import ModelBundle
@@ -97,6 +116,15 @@ class AnalyseWidget(QWidget):
         model_row.addWidget(self.model_edit)
         model_row.addWidget(browse)
         form.addRow("Model", model_row)
+        sub_row = QHBoxLayout()
+        self.subtype_edit = QLineEdit("")
+        self.subtype_edit.setPlaceholderText("optional: subtype CNN folder (routes to per-subtype models)")
+        sub_browse = QPushButton("…")
+        sub_browse.setFixedWidth(30)
+        sub_browse.clicked.connect(self._browse_subtype)
+        sub_row.addWidget(self.subtype_edit)
+        sub_row.addWidget(sub_browse)
+        form.addRow("Subtype model", sub_row)
         self.mag_combo = QComboBox()
         self.mag_combo.addItems([f"{m}x" for m in MAGNIFICATIONS])
         self.mag_combo.setCurrentText("20x")
@@ -188,6 +216,11 @@ class AnalyseWidget(QWidget):
         if path:
             self.set_model_path(path)
 
+    def _browse_subtype(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a subtype model folder", self.subtype_edit.text())
+        if path:
+            self.subtype_edit.setText(path)
+
     def set_model_path(self, path: str) -> bool:
         """Set the model bundle; a wrong file gives a napari notification and returns False."""
         self.model_edit.setText(str(path))
@@ -261,6 +294,9 @@ class AnalyseWidget(QWidget):
         bundle = load_bundle(model_path)
         config = self.config()
         work_mpp = config.mpp
+        subtype_model = self.subtype_edit.text().strip() or None
+        if subtype_model and not Path(subtype_model).expanduser().is_dir():
+            raise UserError(f"{subtype_model}: subtype model folder not found")
 
         def job(progress, should_stop):
             from napari_lnm.io import open_slide
@@ -268,7 +304,7 @@ class AnalyseWidget(QWidget):
 
             with open_slide(path, mpp=mpp0) as slide:
                 pred = predict_slide(slide, bundle, rois=rois, config=config, keep_images=True,
-                                     progress=progress, should_stop=should_stop)
+                                     subtype_model=subtype_model, progress=progress, should_stop=should_stop)
                 real_mpp0 = float(slide.mpp)
             progress(0, 0, "building layers")
             t0 = time.perf_counter()
@@ -417,12 +453,14 @@ class AnalyseWidget(QWidget):
             if len(k):
                 kfeat = {"rank": k["rank"].to_numpy(int), "kind": k["kind"].astype(str).to_numpy(),
                          "reason": k["reason"].astype(str).to_numpy()}
-                replace_layer(
+                layer = replace_layer(
                     v, "key tiles", v.add_shapes, square_corners(k["x"], k["y"], k["size"]),
                     shape_type="rectangle", scale=scale0, translate=trans0, edge_color=list(k["colour"]),
                     face_color="transparent", edge_width=max(float(k["size"].iloc[0]) / 30, 2.0), features=kfeat,
-                    text={"string": "{rank}", "size": 14, "color": "white", "anchor": "upper_left"},
+                    text={"string": "{rank}", "size": 20, "color": "black", "anchor": "upper_left"},
                 )
+                layer.help = HOVER_HELP
+                layer.mouse_move_callbacks.append(_key_tile_hover)
             elif "key tiles" in v.layers:
                 v.layers.remove("key tiles")
             v.layers.selection.active = v.layers["key tiles"] if "key tiles" in v.layers else None
@@ -459,6 +497,6 @@ class AnalyseWidget(QWidget):
                                                                   area="right")
         if top:
             names, vals = zip(*top)
-            self.chart.show_importance(names, vals, title="Top features of the model")
+            self.chart.show_importance(names, vals, title="Model's top features (gain)")
         else:
             self.chart.clear()

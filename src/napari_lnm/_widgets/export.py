@@ -62,7 +62,7 @@ def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm") -> d
     for ti, (x, y, _s, a) in enumerate(tile_analyses(pred)):
         tp, ids = nucleus_polygons(a.labels)
         for p, nid in zip(tp, ids):
-            rc = tile_to_level0(p - 0.5, x, y, res.mpp0, res.work_mpp) + 0.5  # pixel-edge contours
+            rc = tile_to_level0(p, x, y, res.mpp0, res.work_mpp) + 0.5  # level-0 pixel-edge (QuPath) coords
             polys.append(rc[:, ::-1])
             props.append({"tile": ti, "nucleus": int(nid)})
     paths["nuclei"] = out / f"{stem}_nuclei.geojson"

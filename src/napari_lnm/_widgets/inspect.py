@@ -92,6 +92,9 @@ class InspectTileWidget(QWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(240)
+        self.table.setMinimumWidth(420)
         lay = QVBoxLayout(self)
         lay.addWidget(self.title)
         lay.addWidget(self.table)
@@ -155,8 +158,14 @@ class InspectTileWidget(QWidget):
         df = feature_table(res.bundle, res.prediction, tile_index)
         self.tile_index = tile_index
         x, y, s = (int(t[c].iloc[tile_index]) for c in ("x", "y", "size"))
-        self.title.setText(f"Tile {tile_index}: x={x}, y={y}, {s} px (level 0). Bins are the model's "
-                           f"training-cohort histogram bins.")
+        text = f"Tile {tile_index}: x={x}, y={y}, {s} px (level 0). Bins are the model's training-cohort histogram bins."
+        k = getattr(res.prediction, "key_tiles", None)
+        if isinstance(k, pd.DataFrame) and len(k) and "tile_index" in k.columns:
+            hit = k[k["tile_index"].astype(int) == int(tile_index)]
+            if len(hit):
+                r = hit.iloc[0]
+                text = f"Key tile {int(r['rank'])} ({r['kind']}): {r['reason']}\n" + text
+        self.title.setText(text)
         self.table.setRowCount(len(df))
         for r, rec in enumerate(df.itertuples(index=False)):
             for c, v in enumerate(rec):

@@ -34,15 +34,13 @@ def train_job(cohort_csv: str, features_dir: str, out_dir: str, cv: int = 5, cla
 
         if progress:
             progress(0, len(cohort), "extracting features")
-        kwargs = {"progress": progress}
-        try:
-            extract_cohort(cohort, features_dir, tiling, workers=1, should_stop=should_stop, **kwargs)
-        except TypeError:  # older signature without should_stop
-            extract_cohort(cohort, features_dir, tiling, workers=1, **kwargs)
+        # the CSV path (not the table) so that relative slide paths resolve against its folder
+        extract_cohort(cohort_csv, features_dir, tiling, workers=1, progress=progress, should_stop=should_stop)
     tables, tiling_meta = load_feature_tables(cohort, features_dir)
     labels = cohort["label"].to_numpy()
     groups = cohort["patient_id"].astype(str).to_numpy() if "patient_id" in cohort.columns else None
-    cfg = TrainConfig(cv=int(cv), classifier=classifier, seed=int(seed), tiling=tiling_meta)
+    cfg = TrainConfig(cv=int(cv), classifier=classifier, seed=int(seed),
+                      tiling=tiling_meta or (tiling.to_dict() if tiling is not None else None))
     rep = cross_validate(tables, labels, groups=groups, config=cfg,
                          slide_ids=cohort["slide_id"].astype(str).tolist(), progress=progress, should_stop=should_stop)
     if progress:
@@ -73,7 +71,9 @@ class TrainWidget(QWidget):
         self.cv_spin = QSpinBox(minimum=2, maximum=20, value=5)
         form.addRow("CV folds", self.cv_spin)
         self.clf_combo = QComboBox()
-        self.clf_combo.addItems(["xgboost", "logistic", "svm", "mlp"])
+        from napari_lnm.classifiers import CLASSIFIERS
+
+        self.clf_combo.addItems(list(CLASSIFIERS))
         form.addRow("Classifier", self.clf_combo)
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         form.addRow("Seed", self.seed)

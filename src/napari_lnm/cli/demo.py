@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -46,17 +46,20 @@ def _done(t0: float, text: str = "") -> None:
     print(f"      done in {time.perf_counter() - t0:.1f} s{(': ' + text) if text else ''}", flush=True)
 
 
-def _cohort_ok(csv: Path, n_slides: int) -> bool:
-    """True if csv is a finished synthetic cohort of n_slides slides."""
+def _cohort_ok(csv: Path, stamp: dict) -> bool:
+    """True if csv is a finished synthetic cohort made with the same options (``stamp``)."""
     import pandas as pd
 
-    if not csv.is_file():
+    stamp_file = csv.parent / "demo_stamp.json"
+    if not csv.is_file() or not stamp_file.is_file():
         return False
     try:
+        if json.loads(stamp_file.read_text()) != stamp:
+            return False
         df = pd.read_csv(csv)
     except Exception:
         return False
-    return len(df) == n_slides and all((csv.parent / p).is_file() for p in df["path"])
+    return len(df) == stamp["n_slides"] and all((csv.parent / p).is_file() for p in df["path"])
 
 
 def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, slide_px: int = DEMO_SLIDE_PX,
@@ -76,6 +79,10 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
 
     if n_slides < 4:
         raise UserError(f"--n-slides must be at least 4 (2 per class), got {n_slides}")
+    if train_tiles < 1:
+        raise UserError(f"--tiles must be at least 1, got {train_tiles}")
+    if cv < 2:
+        raise UserError(f"--cv must be at least 2 folds, got {cv}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"out": str(out)}
@@ -85,14 +92,18 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
     cohort_dir = out / "cohort"
     csv = cohort_dir / "cohort.csv"
     t0 = _step(1, f"synthetic cohort: {n_slides} slides of {slide_px}x{slide_px} px at 0.5 µm/px -> {cohort_dir}")
-    if _cohort_ok(csv, n_slides):
+    cohort_stamp = {"n_slides": int(n_slides), "seed": int(seed), "slide_px": int(slide_px)}
+    if _cohort_ok(csv, cohort_stamp):
         _done(t0, "reused")
     else:
+        # features of an earlier, different cohort would be taken as done: start them afresh
+        shutil.rmtree(out / "features", ignore_errors=True)
         bar = TqdmProgress("slides", disable=quiet, unit="slide")
         try:
             make_cohort(cohort_dir, n_slides, seed=seed, size=(slide_px, slide_px), progress=bar)
         finally:
             bar.close()
+        write_text_atomic(cohort_dir / "demo_stamp.json", json.dumps(cohort_stamp))
         _done(t0)
     cohort = read_cohort(csv)  # validated, paths resolved against the CSV's folder
 
@@ -119,7 +130,9 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
     if (model_dir / "bundle.json").is_file():
         try:
             bundle = ModelBundle.load(model_dir)
-            if bundle.config.get("n_slides") != n_slides or bundle.config.get("seed") != seed:
+            same = (bundle.config.get("n_slides") == n_slides and bundle.config.get("seed") == seed
+                    and bundle.config.get("cv") == folds and bundle.config.get("tiling") == config.to_dict())
+            if not same or (model_dir / "bundle.json").stat().st_mtime < (csv.parent / "demo_stamp.json").stat().st_mtime:
                 bundle = None
         except UserError:
             bundle = None

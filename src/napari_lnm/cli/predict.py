@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from napari_lnm.errors import CohortError, UserError
 
@@ -140,6 +140,12 @@ def run(args) -> int:
     from napari_lnm.model import ModelBundle
     from napari_lnm.pipeline import Prediction, predict_slide, tiling_config_for
 
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.key_tiles < 0:
+        raise UserError(f"--key-tiles must be 0 or more, got {args.key_tiles}")
+    if args.mpp is not None and not args.mpp > 0:
+        raise UserError(f"--mpp must be a positive number of µm per pixel, got {args.mpp}")
     jobs = _jobs(args)
     bundle = ModelBundle.load(args.model)
     config = tiling_config_for(bundle, max_tiles=args.max_tiles, seed=args.seed, min_tissue=args.min_tissue)

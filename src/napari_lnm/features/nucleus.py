@@ -24,7 +24,9 @@ import numpy as np
 
 from napari_lnm.errors import UserError
 
-from .catalog import FeatureInfo, SUMMARY_STATS, summarise_matrix, summary_infos
+from .catalog import SUMMARY_STATS, FeatureInfo, summarise_matrix, summary_infos
+from .tile import H_RANGE as _TILE_H_RANGE
+from .tile import gradient_magnitude
 
 __all__ = [
     "NucleusTable",
@@ -36,8 +38,8 @@ __all__ = [
 ]
 
 GROUP = "nucleus"
-#: H concentration range (OD) used to quantise H for per-nucleus entropy.
-H_RANGE = (0.0, 2.0)
+#: H concentration range (OD) used to quantise H for per-nucleus entropy (the tile group's range).
+H_RANGE = _TILE_H_RANGE
 _ENTROPY_LEVELS = 16
 _FOURIER_BINS = 16
 _FOURIER_K = 4
@@ -131,13 +133,17 @@ def nucleus_table(
     fg = np.flatnonzero(flat)
     lab_fg = flat[fg].astype(np.int64)
     maxlab = int(lab_fg.max())
-    present = np.zeros(maxlab + 1, dtype=bool)
-    present[lab_fg] = True
-    ids = np.flatnonzero(present)
+    if maxlab <= 4 * flat.size:  # a lookup table over label values
+        present = np.zeros(maxlab + 1, dtype=bool)
+        present[lab_fg] = True
+        ids = np.flatnonzero(present)
+        lut = np.zeros(maxlab + 1, dtype=np.int64)
+        lut[ids] = np.arange(1, ids.size + 1)
+        lbl = lut[lab_fg]  # 1..n for every foreground pixel (raster order)
+    else:  # sparse, huge label values
+        ids, inv = np.unique(lab_fg, return_inverse=True)
+        lbl = inv.reshape(-1) + 1
     n = ids.size
-    lut = np.zeros(maxlab + 1, dtype=np.int64)
-    lut[ids] = np.arange(1, n + 1)
-    lbl = lut[lab_fg]  # 1..n for every foreground pixel (raster order)
     ri = fg // ncol
     ci = fg - ri * ncol
     r = ri.astype(np.float64)
@@ -260,22 +266,16 @@ def nucleus_table(
         with np.errstate(divide="ignore", invalid="ignore"):
             ent = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
         # co-occurrence texture within the nucleus: right and down neighbours with the same label
-        dsum = np.zeros(m1)
-        d2sum = np.zeros(m1)
-        npair = np.zeros(m1)
-        for poff, off in ((1, 1), (pw, ncol)):
-            same = np.flatnonzero(pflat[pidx + poff] == lbl)
-            d = np.abs(hflat[fg[same] + off] - hv[same])
-            ls = lbl[same]
-            dsum += np.bincount(ls, d, m1)
-            d2sum += np.bincount(ls, d * d, m1)
-            npair += np.bincount(ls, None, m1)
+        right = np.flatnonzero(pflat[pidx + 1] == lbl)
+        down = np.flatnonzero(pflat[pidx + pw] == lbl)
+        src = np.concatenate([right, down])
+        d = np.abs(hflat[np.concatenate([fg[right] + 1, fg[down] + ncol])] - hv[src])
+        ls = lbl[src]
+        npair = np.bincount(ls, None, m1)[1:]
         with np.errstate(divide="ignore", invalid="ignore"):
-            diss = (dsum / npair)[1:]
-            con = (d2sum / npair)[1:]
+            diss = np.bincount(ls, d, m1)[1:] / npair
+            con = np.bincount(ls, d * d, m1)[1:] / npair
         if h_grad is None:
-            from .tile import gradient_magnitude
-
             h_grad = gradient_magnitude(hflat.reshape(lab.shape), mpp)
         gv = np.asarray(h_grad, dtype=np.float32).ravel()[fg].astype(np.float64)
         gmean = np.bincount(lbl, gv, m1)[1:] / area_px
@@ -326,40 +326,28 @@ def _majorant_rows(ext: np.ndarray, row_lab: np.ndarray, row_start: np.ndarray, 
     val[rpos] = ext + 0.5
     val[rpos - 1] = ext  # half row above each row
     np.maximum.at(val, rpos + 1, ext)  # half row below each row (shared with the next row)
-    # points below both the highest point before and the highest point after them are inside the hull
-    big = 8.0 * (np.abs(ext).max() + 2.0)
-    seg = clab * big
-    pref = np.maximum.accumulate(val + seg) - seg
-    pref = np.r_[-np.inf, pref[:-1]]
-    pref[cstart] = -np.inf
-    suf = (np.maximum.accumulate((val - seg)[::-1]) + seg[::-1])[::-1]
-    suf = np.r_[suf[1:], -np.inf]
-    suf[cstart + clen - 1] = -np.inf
-    alive = ~((val < pref) & (val < suf))
+    alive = np.isfinite(val)
     keep = np.flatnonzero(alive)
     # iterate on the survivors: drop points on or below the chord of their live neighbours
     is_end = np.zeros(total, dtype=bool)
     is_end[cstart] = True
     is_end[cstart + clen - 1] = True
-    kv, ky, kend = val[keep], yv[keep], is_end[keep]
-    kalive = np.ones(keep.size, dtype=bool)
-    kidx = np.arange(keep.size)
-    ktot = keep.size
+    # in the compacted chain every point is live, so its live neighbours are simply i - 1 and i + 1
+    kv, ky, kend, korig = val[keep], yv[keep], is_end[keep], keep
     while True:
-        prev = np.maximum.accumulate(np.where(kalive, kidx, -1))
-        prev = np.r_[-1, prev[:-1]]
-        nxt = np.minimum.accumulate(np.where(kalive, kidx, ktot)[::-1])[::-1]
-        nxt = np.r_[nxt[1:], ktot]
-        ci = np.flatnonzero(kalive & ~kend)
+        ci = np.flatnonzero(~kend)
         if ci.size == 0:
             break
-        p, q = prev[ci], nxt[ci]
+        p, q = ci - 1, ci + 1
         chord = kv[p] + (kv[q] - kv[p]) * (ky[ci] - ky[p]) / (ky[q] - ky[p])
         drop = kv[ci] <= chord + 1e-9
         if not drop.any():
             break
-        kalive[ci[drop]] = False
-    alive[keep[~kalive]] = False
+        stay = np.ones(kv.size, dtype=bool)
+        stay[ci[drop]] = False
+        kv, ky, kend, korig = kv[stay], ky[stay], kend[stay], korig[stay]
+    alive[:] = False
+    alive[korig] = True
     idx = np.arange(total)
     prev = np.maximum.accumulate(np.where(alive, idx, -1))
     nxt = np.minimum.accumulate(np.where(alive, idx, total)[::-1])[::-1]

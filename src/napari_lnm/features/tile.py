@@ -32,7 +32,7 @@ BACKGROUND_OD = 0.1  # H + E below this: unstained background
 H_POSITIVE_OD = 0.5  # H at or above this: haematoxylin-positive (nuclear) pixel
 E_POSITIVE_OD = 0.15  # E at or above this (and not H-positive): eosin-positive pixel
 MIN_REGION_UM2 = 2.0  # smaller connected components are ignored by the region morphology
-_HIST_BINS = 512
+_HIST_BINS = 512  # a multiple of GLCM_LEVELS (both powers of 2): GLCM levels are histogram bins >> 4
 GRAD_RANGE = (0.0, 4.0)  # OD/µm, histogram range for gradient quantiles
 
 _STAINS = (("h", "haematoxylin", H_RANGE), ("e", "eosin", E_RANGE))
@@ -131,23 +131,35 @@ def gradient_magnitude(img: np.ndarray, mpp: float) -> np.ndarray:
     return gr
 
 
-def _hist_quantiles(x: np.ndarray, lo: float, hi: float, qs: tuple[float, ...], bins: int = _HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
-    """Quantiles of ``x`` from a ``bins``-bin histogram over [lo, hi] (linear inside a bin); returns (quantiles, counts)."""
-    scale = bins / (hi - lo)
-    idx = ((x.ravel() - np.float32(lo)) * np.float32(scale)).astype(np.int32)
+def _quantise(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Bin index (intp, 0..bins-1) of every pixel for ``bins`` equal bins over [lo, hi]; outside values clipped."""
+    t = x.ravel() - np.float32(lo)
+    t *= np.float32(bins / (hi - lo))
+    idx = t.astype(np.intp)
     np.clip(idx, 0, bins - 1, out=idx)
-    counts = np.bincount(idx, minlength=bins)
+    return idx
+
+
+def _quantiles_from_counts(counts: np.ndarray, lo: float, hi: float, qs: tuple[float, ...]) -> np.ndarray:
+    """Quantiles from histogram counts of equal bins over [lo, hi], linear inside a bin."""
+    bins = counts.size
+    scale = bins / (hi - lo)
     cum = np.cumsum(counts)
     total = cum[-1]
     out = np.empty(len(qs))
     for i, q in enumerate(qs):
         target = q * total
-        b = int(np.searchsorted(cum, target, side="left"))
-        b = min(b, bins - 1)
+        b = min(int(np.searchsorted(cum, target, side="left")), bins - 1)
         before = cum[b - 1] if b > 0 else 0
         frac = (target - before) / counts[b] if counts[b] > 0 else 0.0
         out[i] = lo + (b + frac) / scale
-    return out, counts
+    return out
+
+
+def _hist_quantiles(x: np.ndarray, lo: float, hi: float, qs: tuple[float, ...], bins: int = _HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Quantiles of ``x`` from a ``bins``-bin histogram over [lo, hi] (linear inside a bin); returns (quantiles, counts)."""
+    counts = np.bincount(_quantise(x, lo, hi, bins), minlength=bins)
+    return _quantiles_from_counts(counts, lo, hi, qs), counts
 
 
 def _moments(x: np.ndarray) -> tuple[float, float, float, float]:
@@ -164,31 +176,39 @@ def _moments(x: np.ndarray) -> tuple[float, float, float, float]:
     return m, float(np.sqrt(var)), m3 / var**1.5, m4 / var**2 - 3.0
 
 
-def _glcm_props(counts: np.ndarray) -> np.ndarray:
+def _glcm_weights(levels: int) -> np.ndarray:
+    """Weight matrices (contrast, dissimilarity, homogeneity, i*j) of the GLCM properties, (4, L, L)."""
+    i = np.arange(levels, dtype=np.float64)[:, None]
+    j = np.arange(levels, dtype=np.float64)[None, :]
+    d = i - j
+    return np.stack([d * d, np.abs(d), 1.0 / (1.0 + d * d), i * j])
+
+
+_GLCM_W = _glcm_weights(GLCM_LEVELS)
+
+
+def _glcm_props(counts: np.ndarray, n_groups: int = 1) -> np.ndarray:
     """Haralick properties (contrast, dissimilarity, homogeneity, energy, correlation, ASM, entropy bits)
-    of GLCM counts (L, L, n_angles), each averaged over angles."""
+    of GLCM counts (L, L, n_groups * n_angles), averaged over the angles of each group -> (n_groups, 7)."""
     levels = counts.shape[0]
+    w = _GLCM_W if levels == GLCM_LEVELS else _glcm_weights(levels)
     p = counts.astype(np.float64)
-    tot = p.sum(axis=(0, 1), keepdims=True)
-    p = p / np.where(tot > 0, tot, 1.0)
-    i = np.arange(levels, dtype=np.float64)[:, None, None]
-    j = np.arange(levels, dtype=np.float64)[None, :, None]
-    diff = i - j
-    contrast = (p * diff**2).sum(axis=(0, 1))
-    dissim = (p * np.abs(diff)).sum(axis=(0, 1))
-    homog = (p / (1.0 + diff**2)).sum(axis=(0, 1))
-    asm = (p * p).sum(axis=(0, 1))
-    energy = np.sqrt(asm)
-    mu_i = (p * i).sum(axis=(0, 1))
-    mu_j = (p * j).sum(axis=(0, 1))
-    var_i = (p * (i - mu_i) ** 2).sum(axis=(0, 1))
-    var_j = (p * (j - mu_j) ** 2).sum(axis=(0, 1))
-    cov = (p * (i - mu_i) * (j - mu_j)).sum(axis=(0, 1))
+    tot = p.sum(axis=(0, 1))
+    p /= np.where(tot > 0, tot, 1.0)
+    lin = np.tensordot(w, p, axes=([1, 2], [0, 1]))  # (4, k)
+    asm = np.einsum("ijk,ijk->k", p, p)
+    lv = np.arange(levels, dtype=np.float64)
+    pi, pj = p.sum(axis=1), p.sum(axis=0)  # marginals (L, k)
+    mu_i, mu_j = lv @ pi, lv @ pj
+    var_i = (lv * lv) @ pi - mu_i**2
+    var_j = (lv * lv) @ pj - mu_j**2
+    cov = lin[3] - mu_i * mu_j
     with np.errstate(divide="ignore", invalid="ignore"):
-        corr = np.where((var_i > 1e-15) & (var_j > 1e-15), cov / np.sqrt(var_i * var_j), 1.0)
+        ok = (var_i > 1e-12) & (var_j > 1e-12)
+        corr = np.where(ok, cov / np.sqrt(np.where(ok, var_i * var_j, 1.0)), 1.0)
         ent = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=(0, 1))
-    props = np.stack([contrast, dissim, homog, energy, corr, asm, ent])  # (7, n_angles)
-    return props.mean(axis=1)
+    props = np.stack([lin[0], lin[1], lin[2], np.sqrt(asm), corr, asm, ent])  # (7, k)
+    return props.reshape(7, n_groups, -1).mean(axis=2).T
 
 
 def glcm_counts(q: np.ndarray, distance_px: int, levels: int, stride: int = GLCM_STRIDE) -> np.ndarray:
@@ -216,23 +236,24 @@ def glcm_counts(q: np.ndarray, distance_px: int, levels: int, stride: int = GLCM
     return out
 
 
-def _glcm_features(img: np.ndarray, rng: tuple[float, float], mpp: float, stride: int = GLCM_STRIDE) -> np.ndarray:
-    """GLCM properties (7 per distance) of ``img`` quantised to GLCM_LEVELS over ``rng``, for each distance."""
-    q = ((img - np.float32(rng[0])) * np.float32(GLCM_LEVELS / (rng[1] - rng[0]))).astype(np.int16)
-    np.clip(q, 0, GLCM_LEVELS - 1, out=q)
-    q = q.view(np.uint16)
+def _glcm_features(img: np.ndarray, rng: tuple[float, float], mpp: float, stride: int = GLCM_STRIDE,
+                   q: np.ndarray | None = None) -> np.ndarray:
+    """GLCM properties (7 per distance) of ``img`` quantised to GLCM_LEVELS over ``rng`` (or of the given
+    quantised image ``q``), for each distance."""
+    if q is None:
+        q = _quantise(img, rng[0], rng[1], GLCM_LEVELS).astype(np.uint16).reshape(img.shape)
     dists = [max(1, int(round(d / mpp))) for d in GLCM_DISTANCES_UM]
-    out = np.full((len(dists), len(_GLCM_PROPS)), np.nan)
-    for k, d in enumerate(dists):
-        counts = glcm_counts(q, d, GLCM_LEVELS, stride)
-        if counts.sum(axis=(0, 1)).min() > 0:
-            out[k] = _glcm_props(counts)
+    counts = np.concatenate([glcm_counts(q, d, GLCM_LEVELS, stride) for d in dists], axis=2)
+    out = _glcm_props(counts, len(dists))
+    empty = counts.sum(axis=(0, 1)).reshape(len(dists), -1).min(axis=1) == 0
+    out[empty] = np.nan  # a distance longer than the tile: no pixel pairs
     return out
 
 
 def _region_features(mask: np.ndarray, mpp: float, tile_mm2: float) -> tuple[float, float, float]:
     """Component density (1/mm²), mean component area (µm²), boundary length per area (1/µm) of a mask."""
-    lab, n = ndi.label(mask)
+    lab = np.empty(mask.shape, dtype=np.intp)  # intp: bincount needs no conversion
+    n = ndi.label(mask, output=lab)
     if n == 0:
         return 0.0, np.nan, np.nan
     sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
@@ -260,17 +281,24 @@ def tile_group_features(
     if grads is None:
         grads = (gradient_magnitude(h, mpp), gradient_magnitude(e, mpp))
     vals: list[float] = []
+    glcm_q = []
     for img, (_k, _s, rng) in zip((h, e), _STAINS):
         mean, std, skew, kurt = _moments(img)
-        (p10, p50, p90), counts = _hist_quantiles(img, rng[0], rng[1], (0.1, 0.5, 0.9))
+        idx = _quantise(img, rng[0], rng[1], _HIST_BINS)  # one quantisation for the histogram and the GLCM
+        counts = np.bincount(idx, minlength=_HIST_BINS)
+        p10, p50, p90 = _quantiles_from_counts(counts, rng[0], rng[1], (0.1, 0.5, 0.9))
         c64 = counts.reshape(64, -1).sum(axis=1).astype(np.float64)
         pr = c64[c64 > 0] / c64.sum()
         ent = float(-(pr * np.log2(pr)).sum())
         vals += [mean, std, p10, p50, p90, skew, kurt, ent]
-    for img, (_k, _s, rng) in zip((h, e), _STAINS):
-        vals += list(_glcm_features(img, rng, mpp).ravel())
+        shift = _HIST_BINS.bit_length() - GLCM_LEVELS.bit_length()
+        glcm_q.append((idx >> shift).astype(np.uint16).reshape(img.shape))
+    for img, (_k, _s, rng), q in zip((h, e), _STAINS, glcm_q):
+        vals += list(_glcm_features(img, rng, mpp, q=q).ravel())
     for g in grads:
-        gm, gs, _sk, _ku = _moments(g)
+        g64 = g.astype(np.float64).ravel()
+        gm = float(g64.mean())
+        gs = float(np.sqrt(max(float(np.dot(g64, g64)) / g64.size - gm * gm, 0.0)))
         (g90,), _ = _hist_quantiles(g, GRAD_RANGE[0], GRAD_RANGE[1], (0.9,))
         vals += [gm, gs, float(g90)]
     tile_mm2 = h.size * mpp * mpp * 1e-6

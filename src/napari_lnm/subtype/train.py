@@ -417,6 +417,8 @@ def train_subtype(tiles_source: Any, cohort: Any, out_dir: Optional[str | Path] 
         y_train = torch.from_numpy(np.concatenate(
             [np.full(len(tiles[s]), cls_index[label_of[s]], np.int64) for s in train_ids]))
         n = len(y_train)
+        if n < 2:
+            raise CohortError(f"{_cohort_name(cohort)}: only {n} training tile(s); the CNN needs at least 2")
         counts = torch.bincount(y_train, minlength=len(classes)).double()
         w = torch.where(counts > 0, counts.sum() / (counts.clamp(min=1) * int((counts > 0).sum())),
                         torch.zeros_like(counts)).float()
