@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from napari_lnm.extract import extract_cohort  # noqa: E402
-from napari_lnm.synth import make_large_slide  # noqa: E402
+from napari_lnm.synth import SUBTYPES, make_large_slide, render_tissue  # noqa: E402
 from napari_lnm.tiling import TilingConfig  # noqa: E402
 
 TILE = 512
@@ -108,6 +108,12 @@ def main() -> None:
         tf, cf_, dff = timed(big, work / "wf", workers=2)
         rows.append(("process pool, workers=2, full slide", len(dff), tf, cf_))
 
+    synth_t = []
+    for i in range(3):
+        t = time.perf_counter()
+        render_tissue((2048, 2048), i % 2, SUBTYPES[i], seed=i)
+        synth_t.append(time.perf_counter() - t)
+
     print(f"\n{n}-tile synthetic slide ({args.tiles_x * TILE}x{args.tiles_y * TILE} px, 512 px tiles at 20x), "
           f"{platform.machine()}, {os.cpu_count()} CPUs, {datetime.date.today()}, "
           f"1-min load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after\n")
@@ -118,6 +124,8 @@ def main() -> None:
         rate = k / t
         cpu = f"{1000 * c / k:.0f}" if c == c else "n/a"
         print(f"| {name} | {k} | {t:.1f} | {rate:.2f} | {t1 / n * k / t:.2f}x | {cpu} | {TARGET_TILES / rate:.0f} s |")
+    print(f"\nSynthetic slide rendering (napari_lnm.synth.render_tissue), 2048x2048 px: median "
+          f"{np.median(synth_t):.2f} s of 3 (min {min(synth_t):.2f} s), TIFF writing excluded.")
     over = max(0.0, c2 - c1)  # extra CPU of the pool: spawning, imports, pickling (fixed per run)
     proj = (TARGET_TILES * c1 / n + over) / 2
     print(f"\nTarget: a {TARGET_TILES}-tile slide in <= {TARGET_S:.0f} s with 2 workers. Measured wall time here "

@@ -1,8 +1,8 @@
 """Per-tile feature speed (one core, 512x512 tiles at 20x) and morphology agreement with skimage.regionprops.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_features.py [--repeats N] [--figure docs/images/nuclei_voronoi.png]``.
-Speed: tiles of the bundled 20x SVS (0.499 µm/px); stages timed separately: median CPU time and
-minimum wall time over repeats (the shared machine is noisy). Agreement: every
+Speed: tiles of the bundled 20x SVS (0.499 µm/px); stages timed separately: median and minimum CPU
+time over repeats (the shared machine is noisy). Agreement: every
 label image of ../shared/data/nuclei-dev against ``skimage.measure.regionprops_table``.
 Prints markdown tables.
 """
@@ -39,19 +39,18 @@ def read_tiles(size: int = 512) -> list[np.ndarray]:
 
 
 def timed(fn, repeats: int) -> tuple[float, float, object]:
-    """(median CPU ms, min wall ms, last result) of ``fn()`` over ``repeats`` runs after one warm-up.
+    """(median CPU ms, min CPU ms, last result) of ``fn()`` over ``repeats`` runs after one warm-up.
 
-    CPU time of this (single-threaded) process is the least disturbed measure on a shared machine;
-    the minimum wall time is the least-disturbed run.
+    CPU time of this (single-threaded) process is the least disturbed measure on a shared machine
+    (wall time also counts waiting for a core); the minimum is the least-disturbed run.
     """
     out = fn()
-    cpu, wall = [], []
+    cpu = []
     for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
+        c0 = time.process_time()
         out = fn()
         cpu.append(time.process_time() - c0)
-        wall.append(time.perf_counter() - t0)
-    return float(np.median(cpu) * 1e3), float(np.min(wall) * 1e3), out
+    return float(np.median(cpu) * 1e3), float(np.min(cpu) * 1e3), out
 
 
 def bench_speed(repeats: int) -> None:
@@ -80,7 +79,7 @@ def bench_speed(repeats: int) -> None:
         tot = (sep[0] + seg[0] + allf[0], sep[1] + seg[1] + allf[1])
         print(f"| {xy} | {n} | " + " | ".join(cells) + f" | {tot[0]:.1f} ({tot[1]:.1f}) |")
     print()
-    print(f"ms per 512x512 tile at 0.499 µm/px, one core (OMP_NUM_THREADS=1): median CPU time (minimum wall time) "
+    print(f"ms per 512x512 tile at 0.499 µm/px, one core (OMP_NUM_THREADS=1): median (minimum) CPU time "
           f"of {repeats} runs; 'all features' = gradients + the three groups; 'segment' is napari_lnm.nuclei.")
 
 

@@ -100,19 +100,8 @@ def timing(tiles, method: str, mpp: float, repeats: int) -> tuple[float, float]:
     return float(np.median(wall)), float(np.median(cpu))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--methods", default="lmc,watershed")
-    ap.add_argument("--deep-weights", type=Path, default=None, help="also score method='deep' with this model")
-    args = ap.parse_args(argv)
-    if not args.data.is_dir():
-        print(f"no data at {args.data}", file=sys.stderr)
-        return 1
-    tiles = load(args.data)
-    methods = args.methods.split(",")
-    n_tune = sum(slide_of(n) in TUNE_SLIDES for n, _, _ in tiles)
+def accuracy_tables(tiles, methods, n_tune, args) -> None:
+    """Print the accuracy and error-source tables."""
     print(f"Accuracy on {len(tiles)} tiles (40x, {MPP} µm/px); tuning slides: {', '.join(TUNE_SLIDES)} "
           f"({n_tune} tiles), held out: the other {len(tiles) - n_tune} tiles.\n")
     print("| method | tiles | Dice | AJI | F1@0.5 | AJI pooled | F1 pooled | nuclei true / found |")
@@ -131,6 +120,9 @@ def main(argv=None) -> int:
     for k, p in error_sources(tiles).items():
         print(f"| {k} | {p['dice']:.3f} | {p['aji']:.3f} | {p['f1']:.3f} |")
 
+
+def speed_tables(tiles, methods, args) -> None:
+    """Print the speed tables (one thread, wall-clock and CPU time)."""
     # speed: 40x tiles as given; 20x tiles = the same tiles downsampled 2x (256x256) tiled 2x2 to 512x512
     t40 = tiles[:: max(1, len(tiles) // 6)]
     t20 = []
@@ -146,6 +138,39 @@ def main(argv=None) -> int:
         a = timing(t20, m, 0.5, args.repeats)
         b = timing(t40, m, 0.25, args.repeats)
         print(f"| {m} | {a[0] * 1e3:.1f} | {a[1] * 1e3:.1f} | {b[0] * 1e3:.1f} | {b[1] * 1e3:.1f} |")
+
+    from napari_lnm.stain import estimate_stains, separate
+
+    print("\n| stain step (512x512 tile) | wall ms | CPU ms |")
+    print("|---|---|---|")
+    for label, fn in (("separate (H and E)", separate), ("estimate_stains (Macenko)", estimate_stains)):
+        wall, cpu = [], []
+        for _ in range(args.repeats):
+            for _, rgb, _ in t40:
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn(rgb)
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+        print(f"| {label} | {np.median(wall) * 1e3:.1f} | {np.median(cpu) * 1e3:.1f} |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--methods", default="lmc,watershed")
+    ap.add_argument("--speed-only", action="store_true", help="skip the accuracy tables")
+    ap.add_argument("--deep-weights", type=Path, default=None, help="also score method='deep' with this model")
+    args = ap.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"no data at {args.data}", file=sys.stderr)
+        return 1
+    tiles = load(args.data)
+    methods = args.methods.split(",")
+    n_tune = sum(slide_of(n) in TUNE_SLIDES for n, _, _ in tiles)
+    if not args.speed_only:
+        accuracy_tables(tiles, methods, n_tune, args)
+    speed_tables(tiles, methods, args)
     return 0
 
 

@@ -170,3 +170,20 @@ def test_huge_label_values_and_dtypes():
     np.testing.assert_allclose(t.values, ref.values, equal_nan=True)
     t16 = N.nucleus_table(lab.astype(np.uint16), 0.5)
     np.testing.assert_allclose(t16.values, ref.values, equal_nan=True)
+
+
+def test_summaries_ignore_undefined_values():
+    from napari_lnm.features.catalog import graph_summarise, summarise_matrix
+
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(50, 4))
+    m[[3, 7], 1] = np.nan
+    m[:, 3] = np.nan
+    s = summarise_matrix(m)
+    for j in range(3):
+        v = m[np.isfinite(m[:, j]), j]
+        np.testing.assert_allclose(s[j], [v.mean(), v.std(), np.median(v), np.percentile(v, 10), np.percentile(v, 90)])
+    assert np.isnan(s[3]).all()
+    mean, std, min_max, disorder = graph_summarise(np.array([1.0, 2.0, 3.0, np.nan]))
+    assert (mean, min_max) == (2.0, pytest.approx(1 / 3)) and disorder == pytest.approx(std / (2.0 + std))
+    assert np.isnan(graph_summarise(np.zeros(3))[2])  # min/max undefined when max is 0

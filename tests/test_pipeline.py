@@ -170,6 +170,7 @@ def test_predict_slide_end_to_end(tiny_slide, tiny_bundle, tmp_path):
     assert list(top["rank"]) == list(range(1, len(top) + 1))
     assert (top["contribution"].abs().diff().dropna() <= 1e-12).all()
     assert set(top["kind"]) <= set(KIND_COLOURS) and top["gain"].notna().all()
+    assert all("% of this slide's tiles" in e and "log-odds" in e for e in top["explanation"])
     # key tiles are analysed tiles, ranked, with a kind, colour and reason
     kt = pred.key_tiles
     assert 1 <= len(kt) <= 3
@@ -246,6 +247,7 @@ def test_predict_slide_mean_fusion_key_tiles(tiny_slide):
     pred = predict_slide(tiny_slide, bundle, n_key_tiles=2)
     assert 0.0 <= pred.probability <= 1.0
     assert (pred.contributions["bin"] == 0).all()
+    assert all("on this slide" in e for e in pred.top_features["explanation"])
     assert len(pred.key_tiles) <= 2
     if len(pred.key_tiles):
         assert all(("highest" in r or "lowest" in r) for r in pred.key_tiles["reason"])

@@ -71,10 +71,8 @@ def _open(viewer, path):
 
 
 def _widget(viewer, bundle_dir, max_tiles=4):
-    from napari_lnm._widgets import AnalyseWidget
-
-    w = AnalyseWidget(viewer)
-    viewer.window.add_dock_widget(w, name="Analyse slide")
+    # through the plugin manifest, as a user opens it (the widget gets napari's viewer proxy)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lnm", "Analyse slide")
     w.model_edit.setText(str(bundle_dir))
     w.tile_combo.setCurrentText("256")
     w.mag_combo.setCurrentText("20x")
@@ -325,3 +323,22 @@ def test_analyse_in_memory_photo_layer_with_user_mpp(make_napari_viewer, qtbot, 
     _wait_done(qtbot, w)
     assert w.last_status == "done", w.status.text()
     assert len(viewer.layers["tiles"].data) == 1
+    # the photo layer shows level-0 px at scale 1: the H mosaic (0.5 µm/px tiles of a 0.5 µm/px photo) too
+    h = viewer.layers["H"]
+    np.testing.assert_allclose(h.scale, viewer.layers["photo"].scale)
+    np.testing.assert_allclose(h.data_to_world((0, 0)), (0.0, 0.0), atol=1e-6)
+
+
+def test_widgets_load_through_the_plugin_manifest(make_napari_viewer):
+    from napari_lnm._widgets._common import AnalysisResult, get_result, set_result, unwrap_viewer
+
+    viewer = make_napari_viewer()
+    widgets = {}
+    for name in ("Analyse slide", "Inspect tile", "Train model", "Export results"):
+        dock, widgets[name] = viewer.window.add_plugin_dock_widget("napari-lnm", name)
+        assert unwrap_viewer(widgets[name].viewer) is viewer
+    # widgets get different proxies of the viewer: a result published by one is seen by the others
+    res = AnalysisResult(prediction=None, bundle=None, slide_path="x", mpp0=0.5, work_mpp=0.5)
+    set_result(widgets["Analyse slide"].viewer, res)
+    assert get_result(widgets["Export results"].viewer) is res and get_result(viewer) is res
+    set_result(viewer, None)

@@ -24,7 +24,6 @@ import json
 import math
 import multiprocessing
 import os
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -184,8 +183,33 @@ def is_done(parquet: str | os.PathLike, config: TilingConfig, mpp: Optional[floa
 
 
 # ----------------------------------------------------------------------------- per-tile work
+_TUNED = False
+
+
+def _tune_malloc() -> None:
+    """Once per worker process: let glibc keep freed tile-sized buffers (mmap threshold 64 MiB, trim 128 MiB).
+
+    dask.distributed's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536,
+    which makes every multi-MB temporary a fresh mmap with page faults; measured
+    here it made per-tile feature extraction ~2.5x slower in CPU time.
+    """
+    global _TUNED
+    if _TUNED:
+        return
+    _TUNED = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 2**20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 128 * 2**20)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 def _limit_threads() -> contextlib.AbstractContextManager:
     """Limit BLAS/OpenMP pools to one thread (inside workers); no-op without threadpoolctl."""
+    _tune_malloc()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
@@ -268,16 +292,17 @@ def _no_tiles(path: str, config: TilingConfig) -> SlideError:
                             f"(lower --min-tissue, check the ROI, or the slide is blank)")
 
 
-def extract_slide(path: str | os.PathLike, out_parquet: Optional[str | os.PathLike], config: TilingConfig = TilingConfig(),
+def extract_slide(path: str | os.PathLike, out_parquet: Optional[str | os.PathLike], config: Optional[TilingConfig] = None,
                   mpp: Optional[float] = None, slide_id: Optional[str] = None, rois: Rois = None,
                   progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None) -> pd.DataFrame:
     """Tile one slide, compute every tile's features and write them to ``out_parquet`` atomically.
 
     ``mpp`` (µm/px) overrides the slide's metadata; ``rois`` are level-0 (x, y)
-    polygons or a GeoJSON path.  Returns the DataFrame (``slide_id, x, y, size,
+    polygons or a GeoJSON path; ``config=None`` means ``TilingConfig()``.  Returns the DataFrame (``slide_id, x, y, size,
     tissue_fraction`` + features); ``out_parquet=None`` only returns it.
     """
     path = str(path)
+    config = config if config is not None else TilingConfig()
     slide_id = slide_id or Path(path).stem
     prov = _provenance(config, mpp, rois)
     check_stop(should_stop)
@@ -449,7 +474,7 @@ def _write_errors(out_dir: Path, errors: list[tuple[str, str, str]]) -> Optional
 
 
 def extract_cohort(cohort: Union[pd.DataFrame, str, os.PathLike], out_dir: str | os.PathLike,
-                   config: TilingConfig = TilingConfig(), workers: int = 1, scheduler: Any = None,
+                   config: Optional[TilingConfig] = None, workers: int = 1, scheduler: Any = None,
                    progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None,
                    mpp: Optional[float] = None, chunk_tiles: int = 64, raise_on_error: bool = True) -> list[Path]:
     """Extract every slide of a cohort to out_dir/<slide_id>.parquet; returns the Parquet paths (cohort order).
@@ -463,6 +488,7 @@ def extract_cohort(cohort: Union[pd.DataFrame, str, os.PathLike], out_dir: str |
     but does not exist).  ``progress`` counts slides (the message tells tiles).
     An optional cohort column ``roi`` names a GeoJSON ROI per slide.
     """
+    config = config if config is not None else TilingConfig()
     if not isinstance(cohort, pd.DataFrame):
         cohort = read_cohort(cohort)
     for c in ("slide_id", "path"):

@@ -462,7 +462,8 @@ class ModelBundle:
         except ModelError:
             raise
         except Exception as exc:  # corrupt or hand-edited bundle
-            raise ModelError(f"{d}: bundle is damaged ({type(exc).__name__}: {exc})") from None
+            first = (str(exc).strip().splitlines() or [""])[0]  # XGBoost appends a multi-line C++ stack trace
+            raise ModelError(f"{d}: bundle is damaged ({type(exc).__name__}: {first})") from None
         subs = {name: cls.load(d / rel) for name, rel in (meta.get("subtype_models") or {}).items()}
         return cls(meta["feature_names"], fusion, selection, classifier, meta["config"], importance,
                    clinical=clinical, cv_report=cv, subtype_models=subs,

@@ -53,6 +53,22 @@ class NucleiConfig:
     response_smooth: float = 1.0  # Gaussian of the blob response, in units of the LoG scale r/sqrt(2)
     seed_h: float = 0.5  # minimum prominence of a seed on the response (µm-equivalent)
 
+    def __post_init__(self) -> None:
+        """Reject settings that cannot work, with a one-line UserError."""
+        for name in ("smooth_sigma_um", "min_area_um2", "fill_holes_um2", "open_radius_um", "log_weight",
+                     "response_smooth", "seed_h", "threshold_min", "threshold_factor"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+                raise UserError(f"NucleiConfig: {name} must be a number >= 0, got {value!r}")
+        for name in ("seed_radius_um", "nucleus_radius_um", "max_area_um2", "threshold_max"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+                raise UserError(f"NucleiConfig: {name} must be a number > 0, got {value!r}")
+        if self.min_area_um2 > self.max_area_um2:
+            raise UserError("NucleiConfig: min_area_um2 is larger than max_area_um2")
+        if self.threshold_min > self.threshold_max:
+            raise UserError("NucleiConfig: threshold_min is larger than threshold_max")
+
 
 def relabel_consecutive(labels: np.ndarray, min_px: int = 0, max_px: int | None = None) -> np.ndarray:
     """Drop objects outside [min_px, max_px] pixels and renumber the rest 1..n, int32."""
@@ -222,9 +238,19 @@ def _peaks(resp: np.ndarray, mask: np.ndarray, radius_px: float, h: float) -> np
 
 
 def _watershed(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Flood ``surface`` from the markers inside the mask (skimage watershed)."""
+    """Flood ``surface`` from the markers inside the mask (skimage watershed); a mask component
+    without any marker (its peak suppressed by a brighter neighbour across background) is one object."""
     from skimage.segmentation import watershed
 
+    comp, n = ndi.label(mask)
+    if n:
+        seeded = np.zeros(n + 1, dtype=bool)
+        seeded[comp[markers > 0]] = True
+        seeded[0] = True
+        if not seeded.all():
+            lut = np.zeros(n + 1, dtype=np.int64)
+            lut[~seeded] = int(markers.max()) + np.arange(1, int((~seeded).sum()) + 1)
+            markers = np.where(markers > 0, markers, lut[comp])
     return watershed(surface, markers=markers, mask=mask)
 
 
@@ -232,20 +258,21 @@ def _max_clustering(resp: np.ndarray, mask: np.ndarray, radius_px: float) -> np.
     """Local-maximum clustering: every mask pixel climbs the response to a seed; labels 1..n (int32).
 
     Each pixel points to its highest 8-neighbour (itself if none is higher) and pointer jumping finds
-    the local maximum it climbs to.  A local maximum is a seed when it is the highest mask pixel within
-    ``radius_px`` (square window); otherwise it points to that higher pixel and its whole basin joins
-    the seed reached from there.  All steps are gathers over the mask pixels (no per-object loops).
+    the local maximum it climbs to.  A local maximum is a seed when it is the highest pixel of its own
+    mask component within ``radius_px`` (square window); otherwise it points to that higher pixel and
+    its whole basin joins the seed reached from there.  All steps are gathers over the mask pixels
+    (no per-object loops).
     """
     rows, cols = mask.shape
     w = cols + 2
     padded = np.full((rows + 2, w), -np.inf, dtype=np.float32)
     padded[1:-1, 1:-1][mask] = resp[mask]
     flat = padded.ravel()
-    inside = np.flatnonzero(mask.ravel())
+    inside = np.flatnonzero(mask.ravel()).astype(np.int32)
     idx = inside + (inside // cols) * 2 + (w + 1)  # the mask pixels' indices in the padded image
-    steps = np.array([0, -w - 1, -w, -w + 1, -1, 1, w - 1, w, w + 1], dtype=np.int64)  # self first:
+    steps = np.array([0, -w - 1, -w, -w + 1, -1, 1, w - 1, w, w + 1], dtype=np.int32)  # self first:
     best = idx + steps[np.argmax(flat[idx[None, :] + steps[:, None]], axis=0)]  # ties keep the pixel
-    parent = np.arange(flat.size, dtype=np.int64)
+    parent = np.arange(flat.size, dtype=np.int32)
     parent[idx] = best
 
     def jump() -> np.ndarray:
@@ -267,7 +294,11 @@ def _max_clustering(resp: np.ndarray, mask: np.ndarray, radius_px: float) -> np.
     yy = np.clip(ry[:, None, None] + off[None, :, None], 1, rows)
     xx = np.clip(rx[:, None, None] + off[None, None, :], 1, cols)
     win = (yy * w + xx).reshape(roots.size, -1)
-    top = win[np.arange(roots.size), np.argmax(flat[win], axis=1)]
+    comp = np.zeros((rows + 2, w), dtype=np.int32)
+    comp[1:-1, 1:-1] = ndi.label(mask)[0]
+    comp = comp.ravel()
+    vals = np.where(comp[win] == comp[roots][:, None], flat[win], -np.inf)  # never across background
+    top = win[np.arange(roots.size), np.argmax(vals, axis=1)]
     is_seed = top == roots  # the first highest pixel of its window (ties broken in raster order)
     parent[roots[~is_seed]] = top[~is_seed]
     final = jump()
@@ -391,6 +422,8 @@ def segment_nuclei(
         raise UserError(f"segment_nuclei: mpp must be a positive number of µm/px, got {mpp}")
     if method not in METHODS:
         raise UserError(f"segment_nuclei: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if weights is not None and method != "deep":
+        raise UserError(f"segment_nuclei: weights= is only used by method='deep', not {method!r}")
     cfg = config or NucleiConfig()
     if overrides:
         try:

@@ -35,7 +35,7 @@ TILE_META = ["slide_id", "x", "y", "size", "tissue_fraction"]
 CONTRIBUTION_COLUMNS = ["element", "feature", "bin", "bin_lo", "bin_hi", "value", "contribution"]
 TOP_FEATURE_COLUMNS = [
     "rank", "element", "feature", "bin", "bin_lo", "bin_hi", "value", "contribution",
-    "fscore", "gain", "direction", "description", "kind", "colour",
+    "fscore", "gain", "direction", "description", "kind", "colour", "explanation",
 ]
 
 
@@ -81,10 +81,9 @@ def _frame(records: Sequence[dict], columns: Optional[Sequence[str]] = None) -> 
     """List of dicts -> DataFrame with ``columns`` (None in float columns -> NaN)."""
     df = pd.DataFrame(list(records))
     if columns is not None:
-        for c in columns:
-            if c not in df.columns:
-                df[c] = pd.Series(dtype=object)
-        df = df[list(columns) + [c for c in df.columns if c not in columns]]
+        if len(df) == 0:  # keep the schema of an empty table
+            df = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+        df = _ordered(df, columns)
     for c in ("bin_lo", "bin_hi", "value", "contribution", "fscore", "gain", "score"):
         if c in df.columns:
             v = pd.to_numeric(df[c], errors="coerce")
@@ -359,11 +358,34 @@ def _top_features(contribs: pd.DataFrame, importance: pd.DataFrame, k: int) -> p
         c["feature"] = c["element"].astype(str).str.split("|").str[0]
     c["kind"] = [feature_kind(f) for f in c["feature"]]
     c["colour"] = [KIND_COLOURS[k_] for k_ in c["kind"]]
+    c["explanation"] = [_explain_element(r) for r in c.to_dict(orient="records")]
     c.insert(0, "rank", np.arange(1, len(c) + 1))
     for col in TOP_FEATURE_COLUMNS:
         if col not in c.columns:
             c[col] = np.nan
     return c[TOP_FEATURE_COLUMNS + [x for x in c.columns if x not in TOP_FEATURE_COLUMNS]].reset_index(drop=True)
+
+
+def _explain_element(r: dict) -> str:
+    """One sentence on what a fused element is for this slide and which way it pushed the prediction."""
+    from napari_lnm.explain import feature_unit
+    from napari_lnm.report import _num
+
+    c = float(r.get("contribution", 0.0))
+    effect = f"{'raises' if c > 0 else 'lowers'} risk by {abs(c):.2f} log-odds"
+    direction = r.get("direction")
+    direction = f" ({direction})" if isinstance(direction, str) and direction else ""
+    feat = str(r.get("feature", ""))
+    b = r.get("bin")
+    value = r.get("value")
+    if isinstance(b, (int, float, np.integer, np.floating)) and np.isfinite(b) and b >= 1 and value is not None:
+        unit = feature_unit(feat)
+        rng = f"{_num(r.get('bin_lo'))}–{_num(r.get('bin_hi'))} {unit}".rstrip()
+        return (f"{float(value) * 100:.0f}% of this slide's tiles have {feat} in bin {int(b)} ({rng})"
+                f"{direction}; {effect}")
+    stat = str(r.get("stat") or "").strip()
+    what = f"{feat} ({stat})" if stat and stat != feat else feat
+    return f"{what} = {_num(value)} on this slide{direction}; {effect}"
 
 
 def _with_direction(contribs: pd.DataFrame, importance: pd.DataFrame) -> pd.DataFrame:

@@ -127,7 +127,7 @@ def importance_bar_chart(
             if probability is not None:
                 head += f"  (P(metastasis) = {probability:.2f})"
             ax.set_title(title or head, fontsize=10)
-            lim = max(float(np.max(np.abs(vals))) if len(vals) else 1.0, 1e-3) * 1.45
+            lim = max(float(np.max(np.abs(vals))) if len(vals) else 1.0, 1e-3) * 1.7
             ax.set_xlim(-lim, lim)
         else:
             ax.set_xlabel("model importance (total gain)")

@@ -139,7 +139,7 @@ class AnalysisResult:
 
 
 class _Hub(QObject):
-    changed = Signal(int)  # id(viewer)
+    changed = Signal(object)  # viewer_key(viewer) of the viewer whose result changed
 
 
 _HUB: Optional[_Hub] = None
@@ -154,21 +154,34 @@ def hub() -> _Hub:
     return _HUB
 
 
+def unwrap_viewer(viewer):
+    """The real object (viewer, layer) behind napari's PublicOnlyProxy (plugins get a proxy per widget)."""
+    while hasattr(viewer, "__wrapped__"):
+        viewer = viewer.__wrapped__
+    return viewer
+
+
+def viewer_key(viewer) -> int:
+    """Identity of a viewer shared by all widgets docked in it."""
+    return id(unwrap_viewer(viewer))
+
+
 def set_result(viewer, result: Optional[AnalysisResult]) -> None:
     """Publish (or clear) the analysis result of ``viewer``."""
-    key = id(viewer)
+    real = unwrap_viewer(viewer)
+    key = id(real)
     if result is None:
         _RESULTS.pop(key, None)
     else:
         if key not in _RESULTS:
-            weakref.finalize(viewer, _RESULTS.pop, key, None)
+            weakref.finalize(real, _RESULTS.pop, key, None)
         _RESULTS[key] = result
     hub().changed.emit(key)
 
 
 def get_result(viewer) -> Optional[AnalysisResult]:
     """The last analysis result of ``viewer``, if any."""
-    return _RESULTS.get(id(viewer))
+    return _RESULTS.get(viewer_key(viewer))
 
 
 # ----------------------------------------------------------------------------- background runs

@@ -27,31 +27,15 @@ class LayerData:
 
 
 def tile_analyses(pred: Any) -> list[tuple[float, float, float, Any]]:
-    """``(x, y, size, TileAnalysis)`` for every tile the prediction kept images for."""
-    analyses = None
-    for name in ("analyses", "tile_analyses", "images", "tile_images"):
-        analyses = getattr(pred, name, None)
-        if analyses is not None:
-            break
-    if analyses is None:
+    """``(x, y, size, TileAnalysis)`` for every tile whose images the prediction kept (``Prediction.analyses``)."""
+    analyses = getattr(pred, "analyses", None)
+    if not analyses:
         return []
-    tiles = pred.tiles
-    out = []
-    if isinstance(analyses, dict):
-        items = analyses.items()
-    else:
-        items = enumerate(analyses)
-    for i, a in items:
-        if a is None:
-            continue
-        if isinstance(a, tuple) and len(a) == 2:  # ((x, y), analysis)
-            (x, y), a = a
-            size = float(tiles["size"].iloc[0])
-        else:
-            row = tiles.iloc[int(i)] if not isinstance(i, tuple) else None
-            x, y, size = (float(row["x"]), float(row["y"]), float(row["size"])) if row is not None else (*i, float(tiles["size"].iloc[0]))
-        out.append((x, y, size, a))
-    return out
+    t = pred.tiles
+    if len(analyses) != len(t):
+        raise ValueError(f"prediction has {len(analyses)} tile analyses for {len(t)} tiles")
+    xs, ys, ss = (t[c].to_numpy(float) for c in ("x", "y", "size"))
+    return [(xs[i], ys[i], ss[i], a) for i, a in enumerate(analyses) if a is not None]
 
 
 def _pairs(df: Any, names=("element", "feature", "name"), values=("gain", "importance", "fscore")) -> list:

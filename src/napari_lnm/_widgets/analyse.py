@@ -18,7 +18,7 @@ from napari_lnm.errors import ModelError, UserError
 from ._charts import ChartCanvas
 from ._common import (
     AUTO_TISSUE, AnalysisResult, CloseWatcher, Runner, layer_mpp, notify_error, replace_layer,
-    rois_from_shapes, scratch_dir, set_result, slide_file_for, slide_layers,
+    rois_from_shapes, scratch_dir, set_result, slide_file_for, slide_layers, unwrap_viewer,
 )
 from ._layers import square_corners
 from ._result import LayerData, build_layer_data
@@ -282,6 +282,9 @@ class AnalyseWidget(QWidget):
         mpp0 = self.mpp_spin.value() or layer_mpp(layer)
         if not mpp0:
             raise UserError(f"layer '{layer.name}': unknown µm/px; enter the slide's µm/px")
+        meta_mpp = layer.metadata.get("mpp")
+        if meta_mpp and layer.metadata.get("mpp_source") != "default" and abs(mpp0 - float(meta_mpp)) < 1e-4:
+            mpp0 = None  # the slide's own metadata (the box shows it rounded)
         path = slide_file_for(layer, scratch_dir())
         roi_name = self.roi_combo.currentText()
         rois = None
@@ -396,7 +399,8 @@ class AnalyseWidget(QWidget):
                 self.cancel_btn.setEnabled(False)
 
     def _on_layer_removed(self, event) -> None:
-        if self.runner.running and self._run_slide_layer is not None and event.value is self._run_slide_layer:
+        if (self.runner.running and self._run_slide_layer is not None
+                and unwrap_viewer(event.value) is unwrap_viewer(self._run_slide_layer)):
             self.runner.cancel()
             self.status.setText("slide layer removed: stopping")
         self._refresh_layers()
@@ -424,15 +428,19 @@ class AnalyseWidget(QWidget):
         steps = [lambda: self._show_probability(pred)]
         if data.mosaic is not None:
             m = data.mosaic
-            tr = (m.translate[0] + trans0[0], m.translate[1] + trans0[1])
+            # mosaic placement is in true µm (level-0 px x mpp0); the slide layer may show level-0 px at
+            # another scale (e.g. a photo opened at a default µm/px the user corrected): map through it
+            kr, kc = scale0[0] / mpp0, scale0[1] / mpp0
+            mscale = (m.scale[0] * kr, m.scale[1] * kc)
+            tr = (m.translate[0] * kr + trans0[0], m.translate[1] * kc + trans0[1])
             hi = float(np.percentile(m.h[m.h > 0], 99.5)) if np.any(m.h > 0) else 1.0
             ei = float(np.percentile(m.e[m.e > 0], 99.5)) if np.any(m.e > 0) else 1.0
             steps += [
-                lambda: replace_layer(v, "H", v.add_image, m.h, scale=m.scale, translate=tr, colormap="magenta",
+                lambda: replace_layer(v, "H", v.add_image, m.h, scale=mscale, translate=tr, colormap="magenta",
                                       blending="additive", contrast_limits=(0.0, max(hi, 1e-3)), visible=False),
-                lambda: replace_layer(v, "E", v.add_image, m.e, scale=m.scale, translate=tr, colormap="gray",
+                lambda: replace_layer(v, "E", v.add_image, m.e, scale=mscale, translate=tr, colormap="gray",
                                       blending="additive", contrast_limits=(0.0, max(ei, 1e-3)), visible=False),
-                lambda: replace_layer(v, "nuclei", v.add_labels, m.labels, scale=m.scale, translate=tr,
+                lambda: replace_layer(v, "nuclei", v.add_labels, m.labels, scale=mscale, translate=tr,
                                       opacity=0.5),
             ]
         for name, vec, colour in (("voronoi", data.voronoi, "yellow"), ("delaunay", data.delaunay, "cyan")):

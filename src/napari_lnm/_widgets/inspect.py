@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from qtpy.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
-from ._common import CloseWatcher, get_result, hub
+from ._common import CloseWatcher, get_result, hub, viewer_key
 from ._layers import bin_of, tile_at, world_to_level0
 from ._result import slide_features
 
@@ -116,8 +116,8 @@ class InspectTileWidget(QWidget):
         except (TypeError, RuntimeError):
             pass
 
-    def _on_result_changed(self, key: int) -> None:
-        if key == id(self.viewer):
+    def _on_result_changed(self, key) -> None:
+        if key == viewer_key(self.viewer):
             self.tile_index = None
             self.table.setRowCount(0)
             self.title.setText("New analysis: click a tile.")

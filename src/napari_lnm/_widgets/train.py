@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
     QSpinBox, QVBoxLayout, QWidget,

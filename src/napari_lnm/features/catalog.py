@@ -60,25 +60,22 @@ def summarise(values: np.ndarray) -> tuple[float, float, float, float, float]:
 
 
 def summarise_matrix(m: np.ndarray) -> np.ndarray:
-    """Column-wise mean, std, median, p10, p90 of an (n, k) array (rows = nuclei) -> (k, 5); NaN when n == 0."""
+    """Column-wise mean, std, median, p10, p90 of an (n, k) array (rows = nuclei), NaN ignored -> (k, 5);
+    NaN for a column without finite values."""
     m = np.asarray(m, dtype=np.float64)
     k = m.shape[1]
+    out = np.full((k, 5), np.nan)
     if m.shape[0] == 0:
-        return np.full((k, 5), np.nan)
-    with np.errstate(invalid="ignore"):
-        if np.isfinite(m).all():
-            mean = m.mean(axis=0)
-            std = m.std(axis=0)
-            p10, p50, p90 = np.percentile(m, (10.0, 50.0, 90.0), axis=0)
-        else:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean = np.nanmean(m, axis=0)
-                std = np.nanstd(m, axis=0)
-                p10, p50, p90 = np.nanpercentile(m, (10.0, 50.0, 90.0), axis=0)
-    return np.stack([mean, std, p50, p10, p90], axis=1)
+        return out
+    finite = np.isfinite(m)
+    clean = finite.all(axis=0)
+    if clean.any():
+        c = m[:, clean]
+        p10, p50, p90 = np.percentile(c, (10.0, 50.0, 90.0), axis=0)
+        out[clean] = np.stack([c.mean(axis=0), c.std(axis=0), p50, p10, p90], axis=1)
+    for j in np.flatnonzero(~clean):  # columns with undefined values (few): summarise their finite part
+        out[j] = summarise(m[finite[:, j], j])
+    return out
 
 
 def graph_summarise(values: np.ndarray) -> tuple[float, float, float, float]:

@@ -7,7 +7,7 @@ Voronoi cells are clipped exactly to the tile rectangle (pixel edges, ``[-0.5, H
 by adding the centroids' mirror images across the four tile sides: the cell of an original point in
 that diagram is its Voronoi cell intersected with the rectangle. Cell areas and perimeters are sums
 over the cell's ridges (triangles with the generator), so no per-cell Python loop is needed.
-Coincident centroids are merged. Fewer than 2 (or collinear) centroids give NaN where undefined.
+Centroids that coincide (to 1e-3 px) are merged. Fewer than 2 (or collinear) centroids give NaN where undefined.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ RADII_UM = (10.0, 20.0, 30.0, 40.0, 50.0)
 KNN = (1, 3, 5, 7)
 #: Radius (µm) of the proximity graph whose clustering coefficient is reported.
 CLUSTER_RADIUS_UM = 20.0
+_MERGE_PX = 1e-3  # centroids closer than this (px) are one point
 _SIDE_STEP = 4.0  # px between samples of a tile side when deciding which points to mirror
 
 _MEASURES: list[tuple[str, str, str]] = [
@@ -63,7 +64,7 @@ CATALOG.append(
 
 
 def _unique_points(centroids: np.ndarray) -> np.ndarray:
-    """Validate (n, 2) centroids and merge coincident ones (float64, row/col px)."""
+    """Validate (n, 2) centroids and merge coincident ones (closer than about 1e-3 px), sorted (float64, row/col px)."""
     pts = np.asarray(centroids, dtype=np.float64)
     if pts.size == 0:
         return np.zeros((0, 2))
@@ -73,8 +74,12 @@ def _unique_points(centroids: np.ndarray) -> np.ndarray:
     if pts.shape[0] < 2:
         return pts.copy()
     pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
-    keep = np.r_[True, np.any(pts[1:] != pts[:-1], axis=1)]
-    return pts[keep]
+    pairs = cKDTree(pts).query_pairs(_MERGE_PX, output_type="ndarray")  # keeps Qhull well conditioned
+    if pairs.size:
+        keep = np.ones(pts.shape[0], dtype=bool)
+        keep[pairs.max(axis=1)] = False
+        pts = pts[keep]
+    return pts
 
 
 def _check_shape(shape) -> tuple[int, int]:

@@ -144,23 +144,22 @@ def nucleus_table(
         ids, inv = np.unique(lab_fg, return_inverse=True)
         lbl = inv.reshape(-1) + 1
     n = ids.size
-    ri = fg // ncol
-    ci = fg - ri * ncol
-    r = ri.astype(np.float64)
-    c = ci.astype(np.float64)
+    ri, ci = np.divmod(fg, ncol)
+    # coordinates relative to the tile centre keep the raw second moments well conditioned
+    r0, c0 = 0.5 * (nrow - 1), 0.5 * (ncol - 1)
+    r = ri - r0
+    c = ci - c0
     m1 = n + 1
 
     area_px = np.bincount(lbl, minlength=m1)[1:].astype(np.float64)
-    sr = np.bincount(lbl, r, m1)[1:]
-    sc = np.bincount(lbl, c, m1)[1:]
-    cr = sr / area_px
-    cc = sc / area_px
-    # central second moments (per unit area); pixels relative to their centroid for accuracy
-    dr = r - cr[lbl - 1]
-    dc = c - cc[lbl - 1]
-    vrr = np.bincount(lbl, dr * dr, m1)[1:] / area_px
-    vcc = np.bincount(lbl, dc * dc, m1)[1:] / area_px
-    vrc = np.bincount(lbl, dr * dc, m1)[1:] / area_px
+    cr = np.bincount(lbl, r, m1)[1:] / area_px
+    cc = np.bincount(lbl, c, m1)[1:] / area_px
+    # central second moments (per unit area) from raw moments
+    vrr = np.maximum(np.bincount(lbl, r * r, m1)[1:] / area_px - cr * cr, 0.0)
+    vcc = np.maximum(np.bincount(lbl, c * c, m1)[1:] / area_px - cc * cc, 0.0)
+    vrc = np.bincount(lbl, r * c, m1)[1:] / area_px - cr * cc
+    cr += r0
+    cc += c0
     half_tr = 0.5 * (vrr + vcc)
     disc = np.sqrt(np.maximum(0.25 * (vrr - vcc) ** 2 + vrc**2, 0.0))
     l1 = np.maximum(half_tr + disc, 0.0)
@@ -256,8 +255,7 @@ def nucleus_table(
         hv = hflat[fg].astype(np.float64)
         hsum = np.bincount(lbl, hv, m1)[1:]
         hmean = hsum / area_px
-        hdev = hv - hmean[lbl - 1]
-        hstd = np.sqrt(np.bincount(lbl, hdev * hdev, m1)[1:] / area_px)
+        hstd = np.sqrt(np.maximum(np.bincount(lbl, hv * hv, m1)[1:] / area_px - hmean * hmean, 0.0))
         hint = hsum * mpp * mpp
         q = ((hv - H_RANGE[0]) * (_ENTROPY_LEVELS / (H_RANGE[1] - H_RANGE[0]))).astype(np.intp)
         np.clip(q, 0, _ENTROPY_LEVELS - 1, out=q)
@@ -279,8 +277,7 @@ def nucleus_table(
             h_grad = gradient_magnitude(hflat.reshape(lab.shape), mpp)
         gv = np.asarray(h_grad, dtype=np.float32).ravel()[fg].astype(np.float64)
         gmean = np.bincount(lbl, gv, m1)[1:] / area_px
-        gdev = gv - gmean[lbl - 1]
-        gstd = np.sqrt(np.bincount(lbl, gdev * gdev, m1)[1:] / area_px)
+        gstd = np.sqrt(np.maximum(np.bincount(lbl, gv * gv, m1)[1:] / area_px - gmean * gmean, 0.0))
         hcols = np.stack([hmean, hstd, hint, ent, diss, con, gmean, gstd], axis=1)
 
     area = area_px * mpp * mpp
