@@ -253,3 +253,10 @@ def test_cohort_roi_column(cohort_csv, tmp_path):
     bad.write_text(f"slide_id,path,label,roi\ns,{co.path[2]},1,nope.geojson\n")
     with pytest.raises(CohortError, match="ROI file not found"):
         extract.read_cohort(bad)
+
+
+def test_default_config_is_20x_512(cohort_csv):
+    row = extract.read_cohort(cohort_csv).iloc[0]
+    df = extract.extract_slide(row.path, None, None)
+    assert len(df) >= 1 and (df["size"] == 512).all()
+    assert df.attrs["tiling"] == TilingConfig().to_dict()

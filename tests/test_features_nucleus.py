@@ -187,3 +187,21 @@ def test_summaries_ignore_undefined_values():
     mean, std, min_max, disorder = graph_summarise(np.array([1.0, 2.0, 3.0, np.nan]))
     assert (mean, min_max) == (2.0, pytest.approx(1 / 3)) and disorder == pytest.approx(std / (2.0 + std))
     assert np.isnan(graph_summarise(np.zeros(3))[2])  # min/max undefined when max is 0
+
+
+def test_translation_and_rotation_invariance():
+    lab = random_blobs(5, shape=(150, 150), n=15)
+    lab[:6] = 0
+    lab[-6:] = 0
+    lab[:, :6] = 0
+    lab[:, -6:] = 0  # nothing touches the border, so shifted and rotated copies hold the same shapes
+    t = N.nucleus_table(lab, 0.5)
+    shifted = N.nucleus_table(np.pad(lab, ((3, 0), (5, 0)))[:150, :150], 0.5)
+    np.testing.assert_allclose(shifted.values, t.values, rtol=1e-9, atol=1e-12)
+    rot = N.nucleus_table(np.rot90(lab), 0.5)
+    order = np.argsort(rot.ids)
+    np.testing.assert_array_equal(rot.ids[order], t.ids)
+    for key in ["area", "perimeter", "major_axis", "minor_axis", "eccentricity", "solidity", "circularity"]:
+        np.testing.assert_allclose(rot.column(key)[order], t.column(key), rtol=1e-9, err_msg=key)
+    for k in range(1, 5):  # a 90-degree rotation maps the 16 angular bins onto themselves
+        np.testing.assert_allclose(rot.column(f"fourier{k}")[order], t.column(f"fourier{k}"), rtol=1e-9, atol=1e-12)

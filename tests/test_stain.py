@@ -70,7 +70,9 @@ def test_custom_two_row_stains_completed_by_residual():
     np.testing.assert_allclose(e, 0.3, atol=0.02)
 
 
-@pytest.mark.parametrize("bad", [np.zeros((3, 3)), [[1, 0, 0], [2, 0, 0]], np.ones((4, 3)), [[np.nan, 1, 1], [1, 1, 0]]])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((3, 3)), [[1, 0, 0], [2, 0, 0]], np.ones((4, 3)), [[np.nan, 1, 1], [1, 1, 0]]]
+)
 def test_bad_stain_matrix_is_user_error(bad):
     with pytest.raises(UserError):
         separate(np.zeros((4, 4, 3), np.uint8), stains=bad)

@@ -155,7 +155,9 @@ def test_analyse_shows_aligned_layers_inspect_and_export(make_napari_viewer, qtb
     ex = ExportWidget(viewer)
     viewer.window.add_dock_widget(ex)
     ex.dir_edit.setText(str(tmp_path))
-    paths = ex.export()
+    assert ex.export()  # runs in a worker
+    qtbot.waitUntil(lambda: bool(ex.last_paths), timeout=60_000)
+    paths = ex.last_paths
     assert set(paths) >= {"roi", "nuclei", "key_tiles", "json", "tiles_csv"}
     nuclei = read_geojson(paths["nuclei"])
     assert len(nuclei) >= 0.9 * n_nuc
@@ -326,7 +328,10 @@ def test_analyse_in_memory_photo_layer_with_user_mpp(make_napari_viewer, qtbot, 
     # the photo layer shows level-0 px at scale 1: the H mosaic (0.5 µm/px tiles of a 0.5 µm/px photo) too
     h = viewer.layers["H"]
     np.testing.assert_allclose(h.scale, viewer.layers["photo"].scale)
-    np.testing.assert_allclose(h.data_to_world((0, 0)), (0.0, 0.0), atol=1e-6)
+    from napari_lnm._widgets._common import get_result
+
+    t = get_result(viewer).prediction.tiles
+    np.testing.assert_allclose(h.data_to_world((0, 0)), (t["y"].iloc[0], t["x"].iloc[0]), atol=1e-6)
 
 
 def test_widgets_load_through_the_plugin_manifest(make_napari_viewer):

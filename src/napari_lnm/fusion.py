@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from napari_lnm.errors import CohortError
+from napari_lnm.errors import CohortError, UserError
 
 META_COLUMNS = ("slide_id", "x", "y", "size", "tissue_fraction")
 
@@ -163,7 +163,7 @@ class HistogramFusion(Fusion):
     def __init__(self, bins: int = 5, edges: str = "quantile") -> None:
         super().__init__()
         if int(bins) < 2:
-            raise ValueError("bins must be at least 2")
+            raise UserError(f"histogram bins must be at least 2 (--bins), got {bins}")
         if edges not in ("quantile", "uniform"):
             raise ValueError("edges must be 'quantile' or 'uniform'")
         self.bins = int(bins)
@@ -293,7 +293,7 @@ class PNormFusion(_SummaryFusion):
     def __init__(self, p: float = 3.0) -> None:
         super().__init__()
         if p <= 0:
-            raise ValueError("p must be positive")
+            raise UserError(f"the p-norm exponent must be positive (--p), got {p}")
         self.p = float(p)
 
     @property
@@ -365,7 +365,7 @@ class KMeansFusion(Fusion):
     def __init__(self, k: int = 5) -> None:
         super().__init__()
         if int(k) < 2:
-            raise ValueError("k must be at least 2")
+            raise UserError(f"k-means fusion needs at least 2 clusters (--bins), got {k}")
         self.k = int(k)
         self.centres_: np.ndarray | None = None  # (T, k), sorted
 

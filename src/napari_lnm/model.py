@@ -591,6 +591,10 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
                 sub = _train_single([tables[j] for j in idx], y[idx], sub_cfg, feature_names,
                                     None if clinical is None else clinical.iloc[idx])
                 sub.config["subtype"] = name
+                if not np.any(np.nan_to_num(sub.importance["gain"].to_numpy(dtype=np.float64)) > 0):
+                    # e.g. XGBoost with too few slides to make a single split: a constant 0.5, worse than pooled
+                    bundle.subtype_routing[name] = f"{POOLED} (own model on {int(m.sum())} slides learnt nothing)"
+                    continue
                 bundle.subtype_models[name] = sub
                 bundle.subtype_routing[name] = f"own model ({int(m.sum())} slides)"
         bundle.config["subtype_routing"] = bundle.subtype_routing

@@ -170,12 +170,13 @@ def estimate_stains(
     # none saturated (0 in a channel carries no colour information)
     od = od[(np.linalg.norm(od, axis=1) > od_threshold) & np.all(od < _OD_MAX - 1e-6, axis=1)]
     if od.shape[0] < min_pixels:
-        err = f"too few stained tissue pixels to estimate stain vectors ({od.shape[0]} < {min_pixels} with OD > {od_threshold})"
+        err = (f"too few stained tissue pixels to estimate stain vectors "
+               f"({od.shape[0]} < {min_pixels} with OD > {od_threshold})")
         raise SlideError(name, err) if name != "image" else UserError(f"image: {err}")
     if od.shape[0] > max_pixels:
         idx = np.random.default_rng(seed).choice(od.shape[0], max_pixels, replace=False)
         od = od[idx]
-    # plane of the two largest principal directions (about the origin, as Macenko does)
+    # plane of the two largest principal directions of the OD cloud (eigenvectors of its covariance)
     _, _, vt = np.linalg.svd(od - od.mean(axis=0), full_matrices=False)
     plane = vt[:2].T  # (3, 2)
     plane = plane * np.where(plane.sum(axis=0) < 0, -1.0, 1.0)  # point into positive OD

@@ -31,6 +31,14 @@ class Mosaic:
     downsample: int  # mosaic px per working px
 
 
+def display_pyramid(img: np.ndarray, min_side: int = 1024) -> list[np.ndarray] | np.ndarray:
+    """A napari multiscale list (strided views, no copies) for images larger than ``min_side``, else the image."""
+    levels = [img]
+    while max(levels[-1].shape[:2]) > 2 * min_side:
+        levels.append(levels[-1][::2, ::2])
+    return levels if len(levels) > 1 else img
+
+
 def image_placement(x0: float, y0: float, mpp0: float, px_mpp: float) -> tuple[tuple[float, float], tuple[float, float]]:
     """Scale and translate (µm) of an image whose pixel (0, 0) starts at level-0 (x0, y0) with ``px_mpp`` µm/px."""
     off = 0.5 * (px_mpp - mpp0)

@@ -24,6 +24,18 @@ class LayerData:
     tiles: pd.DataFrame
     key_tiles: pd.DataFrame
     top_features: list[tuple[str, float]] = field(default_factory=list)
+    h_limits: tuple[float, float] = (0.0, 1.0)  # display contrast limits of the H / E mosaics (OD)
+    e_limits: tuple[float, float] = (0.0, 1.0)
+
+
+def contrast_limits(img: np.ndarray, q: float = 99.5, max_samples: int = 1_000_000) -> tuple[float, float]:
+    """(0, q-th percentile of the positive values) of an OD image, from at most ``max_samples`` pixels."""
+    flat = img.ravel()
+    step = max(1, flat.size // max_samples)
+    v = flat[::step]
+    v = v[v > 0]
+    hi = float(np.percentile(v, q)) if v.size else 1.0
+    return 0.0, max(hi, 1e-3)
 
 
 def tile_analyses(pred: Any) -> list[tuple[float, float, float, Any]]:
@@ -115,4 +127,6 @@ def build_layer_data(pred: Any, bundle: Any, mpp0: float, work_mpp: float, graph
         tiles=pred.tiles,
         key_tiles=key,
         top_features=top_features(pred, bundle),
+        h_limits=contrast_limits(mosaic.h) if mosaic is not None else (0.0, 1.0),
+        e_limits=contrast_limits(mosaic.e) if mosaic is not None else (0.0, 1.0),
     )

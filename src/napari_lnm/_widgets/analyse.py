@@ -20,7 +20,7 @@ from ._common import (
     AUTO_TISSUE, AnalysisResult, CloseWatcher, Runner, layer_mpp, notify_error, replace_layer,
     rois_from_shapes, scratch_dir, set_result, slide_file_for, slide_layers, unwrap_viewer,
 )
-from ._layers import square_corners
+from ._layers import display_pyramid, square_corners
 from ._result import LayerData, build_layer_data
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "demo_model"
@@ -433,15 +433,13 @@ class AnalyseWidget(QWidget):
             kr, kc = scale0[0] / mpp0, scale0[1] / mpp0
             mscale = (m.scale[0] * kr, m.scale[1] * kc)
             tr = (m.translate[0] * kr + trans0[0], m.translate[1] * kc + trans0[1])
-            hi = float(np.percentile(m.h[m.h > 0], 99.5)) if np.any(m.h > 0) else 1.0
-            ei = float(np.percentile(m.e[m.e > 0], 99.5)) if np.any(m.e > 0) else 1.0
+            h_img, e_img, lab = display_pyramid(m.h), display_pyramid(m.e), display_pyramid(m.labels)
             steps += [
-                lambda: replace_layer(v, "H", v.add_image, m.h, scale=mscale, translate=tr, colormap="magenta",
-                                      blending="additive", contrast_limits=(0.0, max(hi, 1e-3)), visible=False),
-                lambda: replace_layer(v, "E", v.add_image, m.e, scale=mscale, translate=tr, colormap="gray",
-                                      blending="additive", contrast_limits=(0.0, max(ei, 1e-3)), visible=False),
-                lambda: replace_layer(v, "nuclei", v.add_labels, m.labels, scale=mscale, translate=tr,
-                                      opacity=0.5),
+                lambda: replace_layer(v, "H", v.add_image, h_img, scale=mscale, translate=tr, colormap="magenta",
+                                      blending="additive", contrast_limits=data.h_limits, visible=False),
+                lambda: replace_layer(v, "E", v.add_image, e_img, scale=mscale, translate=tr, colormap="gray",
+                                      blending="additive", contrast_limits=data.e_limits, visible=False),
+                lambda: replace_layer(v, "nuclei", v.add_labels, lab, scale=mscale, translate=tr, opacity=0.5),
             ]
         for name, vec, colour in (("voronoi", data.voronoi, "yellow"), ("delaunay", data.delaunay, "cyan")):
             steps.append(lambda name=name, vec=vec, colour=colour: replace_layer(

@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushBut
 from napari_lnm._atomic import atomic_path, write_text_atomic
 from napari_lnm.errors import UserError
 
-from ._common import AnalysisResult, get_result, notify_error
+from ._common import AnalysisResult, CloseWatcher, Runner, get_result, notify_error
 from ._layers import square_corners, tile_to_level0
 from ._result import tile_analyses, top_features
 
@@ -36,8 +36,13 @@ def nucleus_polygons(labels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     return polys, np.asarray(ids, int)
 
 
-def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm") -> dict[str, Path]:
-    """Write ``<stem>_roi/nuclei/key_tiles.geojson``, ``<stem>_results.json``, ``_tiles.csv``, ``_key_tiles.csv``."""
+def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm", progress=None,
+               should_stop=None) -> dict[str, Path]:
+    """Write ``<stem>_roi/nuclei/key_tiles.geojson``, ``<stem>_results.json``, ``_tiles.csv``, ``_key_tiles.csv``.
+
+    Polygons are level-0 ``(x, y)`` px with pixel-edge coordinates (QuPath's convention).
+    """
+    from napari_lnm.progress import check_stop, report
     from napari_lnm.tissue import write_geojson
 
     out = Path(out_dir)
@@ -58,7 +63,10 @@ def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm") -> d
 
     # nuclei: per-tile contours mapped to level-0 (x, y) px
     polys, props = [], []
-    for ti, (x, y, _s, a) in enumerate(tile_analyses(pred)):
+    items = tile_analyses(pred)
+    for ti, (x, y, _s, a) in enumerate(items):
+        check_stop(should_stop)
+        report(progress, ti, len(items), "outlining nuclei")
         tp, ids = nucleus_polygons(a.labels)
         for p, nid in zip(tp, ids):
             rc = tile_to_level0(p, x, y, res.mpp0, res.work_mpp) + 0.5  # level-0 pixel-edge (QuPath) coords
@@ -127,6 +135,10 @@ class ExportWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
+        self.runner = Runner(self)
+        self.runner.progressed.connect(self._on_progress)
+        self._watch = CloseWatcher(self, self.runner.detach)
+        self.last_paths: dict[str, Path] = {}
         row = QHBoxLayout()
         self.dir_edit = QLineEdit(str(Path.home()))
         browse = QPushButton("…")
@@ -162,15 +174,36 @@ class ExportWidget(QWidget):
             raise UserError("nothing to export: run 'Analyse slide' first")
         return res
 
-    def export(self) -> dict[str, Path]:
-        """Export the last analysis; returns the written paths (empty on error, shown as a notification)."""
+    def export(self) -> bool:
+        """Start exporting the last analysis in a worker; paths land in ``last_paths`` (errors: notification)."""
+        if self.runner.running:
+            return False
+        self._watch.attach(self)
         try:
-            paths = export_all(self._result(), self.dir_edit.text(), self.stem_edit.text() or "lnm")
-        except (UserError, OSError) as exc:
+            res = self._result()
+        except UserError as exc:
             notify_error(exc)
-            return {}
+            return False
+        out, stem = self.dir_edit.text(), self.stem_edit.text() or "lnm"
+        self.last_paths = {}
+        self.export_btn.setEnabled(False)
+        self.status.setText("exporting…")
+        self.runner.start(lambda progress, should_stop: export_all(res, out, stem, progress, should_stop),
+                          on_done=self._on_done, on_error=self._on_error,
+                          on_cancelled=lambda: self.status.setText("export cancelled"),
+                          on_finished=lambda: self.export_btn.setEnabled(True))
+        return True
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.status.setText(f"{message} {done}/{total}" if total else message)
+
+    def _on_done(self, paths: dict[str, Path]) -> None:
+        self.last_paths = paths
         self.status.setText("wrote " + ", ".join(p.name for p in paths.values()))
-        return paths
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.status.setText(f"export failed: {exc}")
+        notify_error(exc)
 
     def report(self) -> Path | None:
         """Save a PNG report of the current view and chart; returns its path (None on error)."""

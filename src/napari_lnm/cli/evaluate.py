@@ -41,34 +41,57 @@ def evaluate_cohort(bundle, cohort: pd.DataFrame, tables: list[pd.DataFrame]) ->
     return out
 
 
+def tiling_mismatch(model_tiling: dict | None, features_tiling: dict | None) -> str:
+    """'' if the features' magnification and tile size (px) match the model's, else what differs."""
+    if not model_tiling or not features_tiling:
+        return ""  # features or model without provenance: nothing to compare
+    diffs = []
+    for key, unit in (("magnification", "x"), ("tile_size", " px tiles")):
+        a, b = model_tiling.get(key), features_tiling.get(key)
+        if a is not None and b is not None and float(a) != float(b):
+            diffs.append(f"{float(b):g}{unit} (the model: {float(a):g}{unit})")
+    return ", ".join(diffs)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
     from napari_lnm._atomic import atomic_dir
     from napari_lnm.model import (ModelBundle, bootstrap_auc_ci, load_feature_tables, read_cohort_csv,
                                   save_roc_png)
 
+    from napari_lnm.cli.train import check_output_dir
+    from napari_lnm.errors import CohortError, UserError
+
+    out = Path(args.out)
+    check_output_dir(out)
     bundle = ModelBundle.load(args.model_dir)
     cohort = read_cohort_csv(args.cohort)
-    tables, _ = load_feature_tables(cohort, args.features_dir)
+    tables, tiling = load_feature_tables(cohort, args.features_dir)
+    mismatch = tiling_mismatch(bundle.config.get("tiling"), tiling)
+    if mismatch:
+        raise CohortError(f"{args.features_dir}: features were extracted with {mismatch}; re-extract them with "
+                          f"the model's settings")
     if bundle.clinical is not None:
         absent = [c for c in bundle.clinical.columns if c not in cohort.columns]
         if absent:
             print(f"warning: clinical column(s) {', '.join(absent)} not in {args.cohort}; treated as missing")
     res = evaluate_cohort(bundle, cohort, tables)
-    out = Path(args.out)
     summary = f"{len(res)} slides"
     auc = None
     if "label" in res.columns and res["label"].nunique() == 2:
         y = res["label"].astype(int).to_numpy()
         auc, lo, hi = bootstrap_auc_ci(y, res["probability"].to_numpy(), args.bootstrap, args.seed)
         summary = f"external ROC-AUC {auc:.3f} (95% CI {lo:.3f}-{hi:.3f}), {len(y)} slides ({int(y.sum())} metastatic)"
-    with atomic_dir(out) as tmp:
-        tmp = Path(tmp)
-        res.to_csv(tmp / "probabilities.csv", index=False, float_format="%.6g")
-        if auc is not None:
-            save_roc_png(tmp / "roc.png", {f"external (AUC {auc:.2f})": (y, res["probability"].to_numpy())},
-                         title=f"{Path(args.model_dir).name} on {Path(args.cohort).name}")
-        (tmp / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+    try:
+        with atomic_dir(out) as tmp:
+            tmp = Path(tmp)
+            res.to_csv(tmp / "probabilities.csv", index=False, float_format="%.6g")
+            if auc is not None:
+                save_roc_png(tmp / "roc.png", {f"external (AUC {auc:.2f})": (y, res["probability"].to_numpy())},
+                             title=f"{Path(args.model_dir).name} on {Path(args.cohort).name}")
+            (tmp / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the evaluation ({exc.strerror or exc})") from None
     print(summary)
     if res["model"].ne("pooled").any():
         print("models used: " + ", ".join(f"{k}: {v}" for k, v in res["model"].value_counts().items()))

@@ -8,6 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_lnm.errors import UserError
+
+
+def check_output_dir(out: Path, option: str = "--out") -> None:
+    """Raise UserError early if the output folder cannot be created (it or a parent is a file)."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{out}: cannot write here ({p} is a file, not a folder); choose another {option}")
+            return
+
 
 def add_parser(subparsers) -> None:
     """Register the ``train`` subcommand."""
@@ -47,10 +58,19 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from napari_lnm.errors import CohortError
+    from napari_lnm.fusion import make_fusion
     from napari_lnm.model import (TrainConfig, cross_validate, load_feature_tables, read_cohort_csv,
                                   train_model)
 
     out = Path(args.out)
+    check_output_dir(out)
+    if not 0.0 < args.alpha <= 1.0:
+        raise UserError(f"--alpha must be in (0, 1], got {args.alpha}")
+    if args.top_q is not None and args.top_q < 1:
+        raise UserError(f"--top-q must be at least 1, got {args.top_q}")
+    if args.bootstrap < 1:
+        raise UserError(f"--bootstrap must be at least 1, got {args.bootstrap}")
+    make_fusion(args.fusion, bins=args.bins, edges=args.edges, p=args.p)  # bad --bins / --p: fail before the work
     cohort = read_cohort_csv(args.cohort)
     if "label" not in cohort.columns:
         raise CohortError(f"{args.cohort}: cohort has no 'label' column")
@@ -84,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
     t_cv = time.perf_counter() - t0
     bundle = train_model(tables, labels, config, clinical=clinical, subtypes=subtypes)
     bundle.cv_report = report
-    bundle.save(out)
+    try:
+        bundle.save(out)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the model bundle ({exc.strerror or exc})") from None
     t_all = time.perf_counter() - t0
 
     y = np.asarray(labels).astype(int)

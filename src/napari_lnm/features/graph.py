@@ -12,7 +12,6 @@ Centroids that coincide (to 1e-3 px) are merged. Fewer than 2 (or collinear) cen
 
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 from scipy import sparse
@@ -123,8 +122,8 @@ def _mirror(pts: np.ndarray, shape: tuple[int, int], tree: cKDTree | None = None
     return np.concatenate(parts), np.concatenate(owner)
 
 
-def _ridges(aug: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Finite Voronoi ridges of ``aug``: (point pairs (m, 2), start vertices (m, 2), end vertices (m, 2)).
+def _ridges(aug: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Finite Voronoi ridges of ``aug``: (point pairs (m, 2), start and end vertex ids (m,), vertices (v, 2)).
 
     Taken from the dual Delaunay triangulation (circumcentres of adjacent triangles), which keeps
     everything in arrays; falls back to ``scipy.spatial.Voronoi`` for degenerate triangulations.
@@ -145,14 +144,14 @@ def _ridges(aug: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None
         nb = tri.neighbors
         t, k = np.nonzero(nb > np.arange(simp.shape[0])[:, None])
         pairs = np.c_[simp[t, (k + 1) % 3], simp[t, (k + 2) % 3]]
-        return pairs, cc[t], cc[nb[t, k]]
+        return pairs, t, nb[t, k], cc
     try:  # degenerate (zero-area) triangles: let Qhull's Voronoi handle them
         vor = Voronoi(aug)
     except (QhullError, ValueError):
         return None
     rv = np.asarray(vor.ridge_vertices, dtype=np.int64)
     ok = (rv >= 0).all(axis=1)
-    return vor.ridge_points[ok], vor.vertices[rv[ok, 0]], vor.vertices[rv[ok, 1]]
+    return vor.ridge_points[ok], rv[ok, 0], rv[ok, 1], vor.vertices
 
 
 def voronoi_cells(centroids: np.ndarray, shape, tree: cKDTree | None = None) -> dict[str, np.ndarray]:
@@ -169,7 +168,8 @@ def voronoi_cells(centroids: np.ndarray, shape, tree: cKDTree | None = None) -> 
     rid = _ridges(aug)
     if rid is None:
         return empty
-    rp, va, vb = rid
+    rp, ia, ib, vv = rid
+    va, vb = vv[ia], vv[ib]
     # incidences (cell, ridge) for cells of original points; their ridges are finite
     m0, m1 = rp[:, 0] < n, rp[:, 1] < n
     cell = np.concatenate([rp[m0, 0], rp[m1, 1]])
@@ -180,11 +180,11 @@ def voronoi_cells(centroids: np.ndarray, shape, tree: cKDTree | None = None) -> 
     seg_len = np.hypot(*(a - b).T)
     area = np.bincount(cell, tri, n)
     perim = np.bincount(cell, seg_len, n)
-    # longest vertex-to-vertex distance per cell: pad each cell's vertex list
-    verts = np.concatenate([a, b])
-    vcell = np.concatenate([cell, cell])
-    o2 = np.argsort(vcell, kind="stable")
-    verts, vcell = verts[o2], vcell[o2]
+    # longest vertex-to-vertex distance per cell: pad each cell's (unique) vertex list
+    vid = np.concatenate([ia[m0], ia[m1], ib[m0], ib[m1]])
+    key = np.unique(np.concatenate([cell, cell]) * vv.shape[0] + vid)  # sorted by cell
+    vcell = key // vv.shape[0]
+    verts = vv[key % vv.shape[0]]
     counts = np.bincount(vcell, minlength=n)
     starts = np.cumsum(counts) - counts
     rank = np.arange(vcell.size) - starts[vcell]

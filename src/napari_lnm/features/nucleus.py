@@ -234,7 +234,9 @@ def nucleus_table(
     bdc = bc - cc[blbl - 1]
     rad = np.hypot(bdr, bdc)
     ang = np.arctan2(bdr, bdc)
-    abin = np.minimum(((ang + np.pi) * (_FOURIER_BINS / (2 * np.pi))).astype(np.int64), _FOURIER_BINS - 1)
+    # bins centred on the axis and diagonal directions, so pixels straight or diagonally away from a
+    # (half-)integer centroid never sit on a bin edge
+    abin = np.floor((ang + np.pi) * (_FOURIER_BINS / (2 * np.pi)) + 0.5).astype(np.int64) % _FOURIER_BINS
     key = (blbl - 1) * _FOURIER_BINS + abin
     rsum = np.bincount(key, rad, n * _FOURIER_BINS).reshape(n, _FOURIER_BINS)
     rcnt = np.bincount(key, None, n * _FOURIER_BINS).reshape(n, _FOURIER_BINS)
@@ -322,14 +324,18 @@ def _majorant_rows(ext: np.ndarray, row_lab: np.ndarray, row_start: np.ndarray, 
     rpos = cstart[row_lab] + 2 * (np.arange(row_lab.size) - row_start[row_lab]) + 1
     val[rpos] = ext + 0.5
     val[rpos - 1] = ext  # half row above each row
-    np.maximum.at(val, rpos + 1, ext)  # half row below each row (shared with the next row)
-    alive = np.isfinite(val)
-    keep = np.flatnonzero(alive)
-    # iterate on the survivors: drop points on or below the chord of their live neighbours
+    val[rpos + 1] = np.maximum(val[rpos + 1], ext)  # half row below each row (shared with the next row)
+    alive = np.ones(total, dtype=bool)
     is_end = np.zeros(total, dtype=bool)
     is_end[cstart] = True
     is_end[cstart + clen - 1] = True
-    # in the compacted chain every point is live, so its live neighbours are simply i - 1 and i + 1
+    # first pass on the full chain (neighbours 0.5 row apart: the chord value is their mean)
+    inner = np.flatnonzero(~is_end)
+    drop = val[inner] <= 0.5 * (val[inner - 1] + val[inner + 1]) + 1e-9
+    alive[inner[drop]] = False
+    keep = np.flatnonzero(alive)
+    # then iterate on the survivors; in the compacted chain every point is live, so the live
+    # neighbours of a point are simply i - 1 and i + 1
     kv, ky, kend, korig = val[keep], yv[keep], is_end[keep], keep
     while True:
         ci = np.flatnonzero(~kend)
