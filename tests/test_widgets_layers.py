@@ -84,3 +84,15 @@ def test_bin_of_matches_histogram_fusion():
     got = np.array([bin_of(v, fus.edges_[0]) for v in vals])
     np.testing.assert_array_equal(got, ref)
     assert bin_of(float("nan"), fus.edges_[0]) == 0
+
+
+def test_display_pyramid_is_views_halving_to_min_side():
+    from napari_lnm._widgets._layers import display_pyramid
+
+    img = np.arange(5000 * 3000, dtype=np.int32).reshape(5000, 3000)
+    levels = display_pyramid(img, min_side=1024)
+    assert [lv.shape for lv in levels] == [(5000, 3000), (2500, 1500), (1250, 750)]
+    assert all(np.shares_memory(lv, img) for lv in levels)
+    assert levels[2][1, 1] == img[4, 4]
+    small = np.zeros((100, 100))
+    assert display_pyramid(small) is small
