@@ -187,3 +187,16 @@ def test_subtype_model_that_learns_nothing_falls_back_to_pooled():
     assert "CMS2" in b.subtype_models and b.subtype_routing["CMS2"] == "own model (20 slides)"
     p = b.for_subtype("CMS1")[0].predict_proba(tables[:6])
     assert b.for_subtype("CMS1")[1] == "pooled" and p[:4].min() > p[4:].max()
+
+
+def test_tile_notes_upsampling_and_explains_zero_tiles(run, tmp_path, capsys):
+    root, _ = run
+    slide = str(root / "cohort" / "slides" / "synth_0000.tif")  # 512x512 px at 0.5 µm/px
+    assert main(["tile", slide, "--out", str(tmp_path / "a"), "--magnification", "40", "--tile-size", "1024"]) == 0
+    assert "tiles are upsampled" in capsys.readouterr().out
+    assert main(["tile", slide, "--out", str(tmp_path / "b"), "--tile-size", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "0 tiles" in out and "larger than the 512x512 px slide" in out
+    assert len(pd.read_parquet(tmp_path / "b" / "tiles.parquet")) == 0
+    assert main(["tile", slide, "--out", str(tmp_path / "c"), "--thumbnail-size", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "napari-lnm tile: error: --thumbnail-size must be at least 1 px, got 0"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -260,3 +261,17 @@ def test_default_config_is_20x_512(cohort_csv):
     df = extract.extract_slide(row.path, None, None)
     assert len(df) >= 1 and (df["size"] == 512).all()
     assert df.attrs["tiling"] == TilingConfig().to_dict()
+
+
+def test_process_pool_recovers_after_a_worker_dies():
+    """A worker killed mid-task (e.g. out of memory) fails its task; the next task gets a fresh pool."""
+    import concurrent.futures as cf
+
+    pool = extract._Pool(1)
+    try:
+        dead = pool.submit(os._exit, 3)
+        with pytest.raises(cf.process.BrokenProcessPool):
+            dead.result(timeout=60)
+        assert pool.submit(abs, -4).result(timeout=60) == 4
+    finally:
+        pool.shutdown()

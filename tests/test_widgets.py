@@ -175,6 +175,17 @@ def test_analyse_shows_aligned_layers_inspect_and_export(make_napari_viewer, qtb
     png = ex.report()
     assert png is not None and png.stat().st_size > 10_000
 
+    # re-import the exported ROI (the analysed tiles) as a Shapes layer and analyse it again: same tiles
+    roi_layer = w.import_roi(str(paths["roi"]))
+    assert roi_layer is not None and w.roi_combo.currentText() == roi_layer.name
+    np.testing.assert_allclose(roi_layer.data_to_world(roi_layer.data[0].min(0)),
+                               [t["y"].iloc[0] * MPP, t["x"].iloc[0] * MPP])
+    w.max_tiles.setValue(0)  # all tiles inside the ROI
+    assert w.run()
+    _wait_done(qtbot, w)
+    again = get_result(viewer).prediction.tiles
+    assert sorted(zip(again["x"], again["y"])) == sorted(zip(t["x"], t["y"]))
+
 
 def test_run_twice_replaces_layers_and_roi_from_shapes(make_napari_viewer, qtbot, slide_path, bundle_dir):
     viewer = make_napari_viewer()
@@ -303,13 +314,16 @@ def test_train_widget_extracts_features_first(make_napari_viewer, qtbot, tmp_pat
     w.features_edit.setText(str(tmp_path / "features"))
     w.out_edit.setText(str(tmp_path / "trained"))
     w.extract_box.setChecked(True)
+    w.tile_combo.setCurrentText("256")
+    w.tiles_spin.setValue(2)
     w.cv_spin.setValue(2)
     assert w.run()
     qtbot.waitUntil(lambda: not w.runner.running and w.run_btn.isEnabled(), timeout=120_000)
     assert w.last_status == "done", w.status.text()
     assert len(list((tmp_path / "features").glob("*.parquet"))) == 8
     bundle = ModelBundle.load(tmp_path / "trained")
-    assert bundle.config["tiling"]["tile_size"] == 512
+    assert bundle.config["tiling"]["tile_size"] == 256
+    assert all(len(pd.read_parquet(p)) <= 2 for p in (tmp_path / "features").glob("*.parquet"))
 
 
 def test_analyse_in_memory_photo_layer_with_user_mpp(make_napari_viewer, qtbot, bundle_dir):

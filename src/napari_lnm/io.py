@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from napari_lnm.errors import SlideError
+from napari_lnm.errors import SlideError, UserError
 
 __all__ = ["Slide", "MissingMppError", "open_slide", "resize_rgb", "to_rgb_uint8"]
 
@@ -223,6 +223,8 @@ class Slide:
 
     def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
         """Whole slide as RGB uint8 with its longest side <= ``max_size`` px; returns (rgb, level-0 px per thumbnail px)."""
+        if not max_size >= 1:
+            raise UserError(f"thumbnail size must be at least 1 px, got {max_size}")
         w, h = self.dimensions
         ds = max(1.0, max(w, h) / float(max_size))
         out_w, out_h = max(1, int(w / ds)), max(1, int(h / ds))

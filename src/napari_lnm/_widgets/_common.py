@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QApplication
 from napari_lnm.errors import UserError
 from napari_lnm.progress import Cancelled
 
-from napari_lnm.tissue import polygons_from_napari
+from napari_lnm.tissue import polygons_from_napari, polygons_to_napari
 
 from ._layers import world_to_level0
 
@@ -104,6 +104,18 @@ def rois_from_shapes(shapes_layer, slide_layer) -> list[np.ndarray]:
     if not polys:
         raise UserError(f"Shapes layer '{shapes_layer.name}': draw at least one polygon or rectangle as the ROI")
     return polys
+
+
+def add_roi_layer(viewer, polygons, slide_layer, name: str = "ROI"):
+    """Add level-0 ``(x, y)`` polygons as an editable Shapes layer aligned with ``slide_layer``."""
+    polys = [np.asarray(p, float) for p in polygons if len(p) >= 3]
+    if not polys:
+        raise UserError("the ROI file has no polygon")
+    return viewer.add_shapes(polygons_to_napari(polys), shape_type="polygon", name=name,
+                             scale=tuple(slide_layer.scale[-2:]), translate=tuple(slide_layer.translate[-2:]),
+                             edge_color="lime", face_color="transparent",
+                             edge_width=max(2.0, max(float(np.ptp(p, axis=0).max()) for p in polys) / 300),
+                             units=("um", "um"))
 
 
 # ----------------------------------------------------------------------------- result layers

@@ -17,7 +17,7 @@ from napari_lnm.errors import ModelError, UserError
 
 from ._charts import ChartCanvas
 from ._common import (
-    AUTO_TISSUE, AnalysisResult, CloseWatcher, Runner, layer_mpp, notify_error, replace_layer,
+    AUTO_TISSUE, AnalysisResult, CloseWatcher, Runner, add_roi_layer, layer_mpp, notify_error, replace_layer,
     rois_from_shapes, scratch_dir, set_result, slide_file_for, slide_layers, unwrap_viewer,
 )
 from ._layers import display_pyramid, square_corners
@@ -105,8 +105,14 @@ class AnalyseWidget(QWidget):
         self.mpp_spin.setSuffix(" µm/px")
         self.mpp_spin.setToolTip("Level-0 µm per pixel; needed for plain photos without metadata")
         form.addRow("Slide µm/px", self.mpp_spin)
+        roi_row = QHBoxLayout()
         self.roi_combo = QComboBox()
-        form.addRow("ROI", self.roi_combo)
+        import_btn = QPushButton("Import…")
+        import_btn.setToolTip("Load ROI polygons from a QuPath GeoJSON file (level-0 pixel coordinates)")
+        import_btn.clicked.connect(self._browse_roi)
+        roi_row.addWidget(self.roi_combo, 1)
+        roi_row.addWidget(import_btn)
+        form.addRow("ROI", roi_row)
         model_row = QHBoxLayout()
         self.model_edit = QLineEdit(str(DEMO_MODEL) if DEMO_MODEL.is_dir() else "")
         self.model_edit.setPlaceholderText("model bundle folder")
@@ -215,6 +221,28 @@ class AnalyseWidget(QWidget):
         path = QFileDialog.getExistingDirectory(self, "Choose a model bundle folder", self.model_edit.text())
         if path:
             self.set_model_path(path)
+
+    def _browse_roi(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import ROI (QuPath GeoJSON)", "",
+                                              "GeoJSON (*.geojson *.json);;All files (*)")
+        if path:
+            self.import_roi(path)
+
+    def import_roi(self, path: str):
+        """Add the polygons of a GeoJSON file as a Shapes layer on the chosen slide and select it as the ROI."""
+        from napari_lnm.tissue import read_geojson
+
+        try:
+            layer = self.slide_layer()
+            if layer is None:
+                raise UserError("open the slide before importing its ROI")
+            shapes = add_roi_layer(self.viewer, read_geojson(path), layer, name=f"ROI {Path(path).stem}")
+        except UserError as exc:
+            notify_error(exc)
+            return None
+        self._refresh_layers()
+        self.roi_combo.setCurrentText(shapes.name)
+        return shapes
 
     def _browse_subtype(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Choose a subtype model folder", self.subtype_edit.text())

@@ -65,8 +65,21 @@ class TrainWidget(QWidget):
         self.cohort_edit = self._path_row(form, "Cohort CSV", file=True)
         self.features_edit = self._path_row(form, "Features folder", file=False)
         self.out_edit = self._path_row(form, "Save bundle to", file=False)
-        self.extract_box = QCheckBox("extract features first (20x, 512 px, 200 tiles/slide)")
+        self.extract_box = QCheckBox("extract features first (skips slides already done)")
         form.addRow("", self.extract_box)
+        ext_row = QHBoxLayout()
+        self.mag_combo = QComboBox()
+        self.mag_combo.addItems(["5x", "10x", "20x", "40x"])
+        self.mag_combo.setCurrentText("20x")
+        self.tile_combo = QComboBox()
+        self.tile_combo.addItems(["224", "256", "299", "512", "1024"])
+        self.tile_combo.setCurrentText("512")
+        self.tiles_spin = QSpinBox(minimum=0, maximum=100000, value=200)
+        self.tiles_spin.setSpecialValueText("all")
+        self.tiles_spin.setSuffix(" tiles/slide")
+        for wdg in (self.mag_combo, self.tile_combo, self.tiles_spin):
+            ext_row.addWidget(wdg)
+        form.addRow("Extraction", ext_row)
         self.cv_spin = QSpinBox(minimum=2, maximum=20, value=5)
         form.addRow("CV folds", self.cv_spin)
         self.clf_combo = QComboBox()
@@ -127,7 +140,9 @@ class TrainWidget(QWidget):
         if self.extract_box.isChecked():
             from napari_lnm.tiling import TilingConfig
 
-            tiling = TilingConfig(magnification=20.0, tile_size=512, max_tiles=200, seed=self.seed.value())
+            tiling = TilingConfig(magnification=float(self.mag_combo.currentText().rstrip("x")),
+                                  tile_size=int(self.tile_combo.currentText()),
+                                  max_tiles=self.tiles_spin.value() or None, seed=self.seed.value())
         args = dict(cohort_csv=self.cohort_edit.text(), features_dir=self.features_edit.text(),
                     out_dir=self.out_edit.text(), cv=self.cv_spin.value(), classifier=self.clf_combo.currentText(),
                     seed=self.seed.value(), extract=self.extract_box.isChecked(), tiling=tiling)

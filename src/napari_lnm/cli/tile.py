@@ -67,6 +67,8 @@ def run(args) -> int:
 
     config = TilingConfig(magnification=args.magnification, tile_size=args.tile_size, overlap=args.overlap,
                           min_tissue=args.min_tissue, max_tiles=args.max_tiles, seed=args.seed)
+    if args.thumbnail_size < 1:
+        raise UserError(f"--thumbnail-size must be at least 1 px, got {args.thumbnail_size}")
     rois = read_geojson(args.roi) if args.roi is not None else None
     if rois is not None and not rois:
         raise UserError(f"{args.roi}: no Polygon or MultiPolygon in the ROI file")
@@ -90,4 +92,13 @@ def run(args) -> int:
     print(f"{Path(args.slide).name}: {len(tiles)} tiles of {config.tile_size} px at {config.magnification:g}x "
           f"({config.mpp:g} µm/px; {size0} level-0 px at {slide_mpp:.4g} µm/px) from a {w}x{h} px slide"
           f"{roi_txt} -> {args.out / 'tiles.parquet'}")
+    if config.mpp < slide_mpp * 0.95:
+        print(f"note: {config.magnification:g}x ({config.mpp:g} µm/px) is finer than the slide's "
+              f"{slide_mpp:.4g} µm/px; tiles are upsampled, which adds no detail")
+    if len(tiles) == 0 and size0 > min(w, h):
+        print(f"note: no tiles: one tile is {size0} level-0 px, larger than the {w}x{h} px slide; "
+              f"lower --tile-size or --magnification")
+    elif len(tiles) == 0:
+        print(f"note: no tile has at least {config.min_tissue:g} tissue; lower --min-tissue, check the ROI, "
+              f"or use --no-tissue")
     return 0
