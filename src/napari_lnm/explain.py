@@ -174,6 +174,25 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if a < 1 else f"{v:.2f}"
 
 
+def bin_range_text(lo, hi, fmt=None) -> str:
+    """Human text for a histogram bin [lo, hi): open-ended end bins read '< hi' or '≥ lo' (None/NaN = open)."""
+    fmt = fmt or _fmt
+
+    def finite(v) -> bool:
+        try:
+            return v is not None and bool(np.isfinite(float(v)))
+        except (TypeError, ValueError):
+            return False
+
+    if finite(lo) and finite(hi):
+        return f"{fmt(float(lo))}–{fmt(float(hi))}"
+    if finite(hi):
+        return f"< {fmt(float(hi))}"
+    if finite(lo):
+        return f"≥ {fmt(float(lo))}"
+    return "all values"
+
+
 def _hits(
     values: np.ndarray, row: Mapping, risk_sign: int, extreme_q: float, n_bins: Optional[int]
 ) -> tuple[np.ndarray, str]:
@@ -189,7 +208,7 @@ def _hits(
         lo_test = -np.inf if b == 1 else lo
         hi_test = np.inf if (n_bins is not None and b >= n_bins) else hi
         hit = finite & (values >= lo_test) & (values < hi_test)
-        return hit, f"in bin {b} ({_fmt(lo)}–{_fmt(hi)})"
+        return hit, f"in bin {b} ({bin_range_text(lo_test, hi_test)})"
     if not finite.any():
         return np.zeros_like(finite), ""
     if risk_sign >= 0:

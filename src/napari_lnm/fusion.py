@@ -207,7 +207,10 @@ class HistogramFusion(Fusion):
         return k + 1
 
     def _bin_range(self, t: int, k: int) -> tuple[float, float]:
-        return float(self.edges_[t, k]), float(self.edges_[t, k + 1])
+        # values outside the training range clip to the end bins, so those are open-ended
+        lo = -np.inf if k == 0 else float(self.edges_[t, k])
+        hi = np.inf if k == self.bins - 1 else float(self.edges_[t, k + 1])
+        return lo, hi
 
     def _params(self) -> dict:
         return {"bins": self.bins, "edges": self.edges, "edges_": self.edges_.tolist()}

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from napari_lnm._atomic import atomic_path
-from napari_lnm.explain import KIND_COLOURS, feature_kind, feature_unit
+from napari_lnm.explain import KIND_COLOURS, bin_range_text, feature_kind, feature_unit
 
 __all__ = ["element_label", "importance_bar_chart", "key_tile_thumbnail"]
 
@@ -49,7 +49,7 @@ def element_label(row) -> str:
         return el if el != feat else feat
     unit = feature_unit(feat)
     lo, hi = row.get("bin_lo", np.nan), row.get("bin_hi", np.nan)
-    rng = f"{_num(lo)}–{_num(hi)}"
+    rng = bin_range_text(lo, hi, _num)
     return f"{feat}  bin {int(b)}: {rng} {unit}".rstrip()
 
 

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from qtpy.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
+from napari_lnm.explain import bin_range_text
+
 from ._common import CloseWatcher, get_result, hub, viewer_key
 from ._layers import bin_of, tile_at, world_to_level0
 from ._result import slide_features
@@ -68,8 +70,10 @@ def feature_table(bundle: Any, pred: Any, tile_index: int, k: int = 10) -> pd.Da
         if edges_all is not None and feat in fnames:
             edges = np.asarray(edges_all)[fnames.index(feat)]
             b = bin_of(value, edges)
-            if b:
-                etxt = f"[{edges[b - 1]:.4g}, {edges[b]:.4g})"
+            if b:  # end bins are open: the fusion clips values outside the training range into them
+                nb = len(edges) - 1
+                etxt = bin_range_text(None if b == 1 else edges[b - 1], None if b == nb else edges[b],
+                                      lambda v: f"{v:.4g}")
         d = dirs.get(f"{feat}|bin{b}")
         if d is None:  # this bin is not a model input: say how the feature's selected elements lean
             d = next((f"{v} (other bin)" for n, v in dirs.items() if n.split("|", 1)[0] == feat), "–")
