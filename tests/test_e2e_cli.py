@@ -125,10 +125,11 @@ def test_predict_result_is_consistent_with_model_and_features(run):
     assert res["n_tiles"] == len(tiles) >= 1
     bundle = ModelBundle.load(root / "model")
     assert res["probability"] == pytest.approx(float(bundle.predict_proba([tiles])[0]), rel=1e-6)
-    # the slide's 4 tiles were all extracted for training too: same features -> same probability
+    # --max-tiles 4 kept every tile of this 512x512 px slide, so predict saw the same tiles as training
     feats = pd.read_parquet(root / "features" / "synth_0001.parquet")
-    if len(feats) == len(tiles):
-        assert res["probability"] == pytest.approx(float(bundle.predict_proba([feats])[0]), abs=1e-6)
+    assert feats[["x", "y"]].sort_values(["y", "x"]).to_numpy().tolist() == \
+        tiles[["x", "y"]].sort_values(["y", "x"]).to_numpy().tolist()
+    assert res["probability"] == pytest.approx(float(bundle.predict_proba([feats])[0]), abs=1e-6)
     assert 1 <= len(res["key_tiles"]) <= 3
 
 

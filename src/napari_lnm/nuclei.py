@@ -29,9 +29,13 @@ from scipy import ndimage as ndi
 from .errors import ModelError, UserError
 from .stain import as_rgb, haematoxylin
 
-__all__ = ["NucleiConfig", "segment_nuclei", "METHODS", "relabel_consecutive"]
+__all__ = ["NucleiConfig", "PixelModel", "segment_nuclei", "pixel_probabilities", "load_pixel_model",
+           "pixel_features", "METHODS", "FOREGROUNDS", "PIXEL_MODEL_PATH", "relabel_consecutive"]
 
 METHODS = ("lmc", "watershed", "deep")
+FOREGROUNDS = ("model", "threshold")
+#: the shipped pixel classifier (numpy arrays only; regenerate with benchmarks/train_nuclei_pixel_model.py)
+PIXEL_MODEL_PATH = Path(__file__).resolve().parent / "data" / "nuclei_pixel_model.npz"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,9 @@ class NucleiConfig:
     log_weight: float = 1.0  # weight of the LoG term relative to the distance term (LMC)
     response_smooth: float = 1.0  # Gaussian of the blob response, in units of the LoG scale r/sqrt(2)
     seed_h: float = 0.5  # watershed option: minimum prominence of a distance peak (µm)
+    foreground: str = "model"  # "model" (shipped pixel classifier) or "threshold" (Otsu of smoothed H)
+    prob_threshold: float = 0.45  # model foreground: nucleus probability above this
+    interior_weight: float = 1.0  # model: weight (µm) of the smoothed interior probability in the response
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work, with a one-line UserError."""
@@ -68,6 +75,13 @@ class NucleiConfig:
             raise UserError("NucleiConfig: min_area_um2 is larger than max_area_um2")
         if self.threshold_min > self.threshold_max:
             raise UserError("NucleiConfig: threshold_min is larger than threshold_max")
+        if self.foreground not in FOREGROUNDS:
+            raise UserError(f"NucleiConfig: foreground must be one of {', '.join(FOREGROUNDS)}, got {self.foreground!r}")
+        if not (isinstance(self.prob_threshold, (int, float)) and 0 < self.prob_threshold < 1):
+            raise UserError(f"NucleiConfig: prob_threshold must be in (0, 1), got {self.prob_threshold!r}")
+        if not (isinstance(self.interior_weight, (int, float)) and np.isfinite(self.interior_weight)
+                and self.interior_weight >= 0):
+            raise UserError(f"NucleiConfig: interior_weight must be a number >= 0, got {self.interior_weight!r}")
 
 
 def relabel_consecutive(labels: np.ndarray, min_px: int = 0, max_px: int | None = None) -> np.ndarray:
@@ -184,6 +198,196 @@ def _foreground(hs: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
     fg = hs > np.float32(thr)
     fg = _open(fg, cfg.open_radius_um / mpp)
     return _fill_holes(fg, cfg.fill_holes_um2 / (mpp * mpp))
+
+
+# --- pixel classifier (ilastik-style filter bank + a one-hidden-layer perceptron) -------------------
+
+
+@dataclass(frozen=True)
+class PixelModel:
+    """A pixel classifier: filter-bank scales (µm) and a 1-hidden-layer MLP with the feature
+    standardisation folded into the first layer; outputs logits of (nucleus, nucleus interior)."""
+
+    h_scales_um: tuple[float, ...]  # Gaussian scales of the H filter bank (µm)
+    ctx_scales_um: tuple[float, ...]  # Gaussian scales of the E and total-OD context features (µm)
+    w1: np.ndarray  # (hidden, features) float32, acting on raw features
+    b1: np.ndarray  # (hidden, 1) float32
+    w2: np.ndarray  # (2, hidden) float32
+    b2: np.ndarray  # (2, 1) float32
+
+    @property
+    def n_features(self) -> int:
+        """Number of input features (4 per H scale, 2 per context scale)."""
+        return 4 * len(self.h_scales_um) + 2 * len(self.ctx_scales_um)
+
+
+_PIXEL_MODELS: dict[str, PixelModel] = {}
+_MODEL_KEYS = ("h_scales_um", "ctx_scales_um", "mean", "std", "w1", "b1", "w2", "b2")
+
+
+def load_pixel_model(path: str | os.PathLike | None = None) -> PixelModel:
+    """Load (and cache) a pixel-model .npz (``np.load(allow_pickle=False)``); ModelError if invalid."""
+    path = Path(os.fspath(path)) if path is not None else PIXEL_MODEL_PATH
+    key = str(path.resolve())
+    if key in _PIXEL_MODELS:
+        return _PIXEL_MODELS[key]
+    if not path.is_file():
+        raise ModelError(f"{path}: nucleus pixel-model file not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: np.asarray(z[k], dtype=np.float64) for k in _MODEL_KEYS}
+    except (KeyError, ValueError, OSError) as exc:
+        raise ModelError(f"{path}: not a nucleus pixel-model file ({type(exc).__name__}: {exc})") from None
+    hs, cs = tuple(d["h_scales_um"].tolist()), tuple(d["ctx_scales_um"].tolist())
+    nf = 4 * len(hs) + 2 * len(cs)
+    w1, w2 = d["w1"], d["w2"]
+    if (w1.ndim != 2 or w1.shape[1] != nf or d["mean"].shape != (nf,) or d["std"].shape != (nf,)
+            or d["b1"].shape != (w1.shape[0],) or w2.shape != (2, w1.shape[0]) or d["b2"].shape != (2,)
+            or not all(np.all(np.isfinite(v)) for v in d.values()) or np.any(d["std"] <= 0)
+            or min(hs + cs, default=0.0) <= 0):
+        raise ModelError(f"{path}: inconsistent pixel-model arrays (expected {nf} features)")
+    w1f = w1 / d["std"][None, :]  # standardisation folded in: w1 @ ((x - mean) / std) + b1
+    model = PixelModel(hs, cs, w1f.astype(np.float32), (d["b1"] - w1f @ d["mean"])[:, None].astype(np.float32),
+                       w2.astype(np.float32), d["b2"][:, None].astype(np.float32))
+    _PIXEL_MODELS[key] = model
+    return model
+
+
+def _bin2(img: np.ndarray) -> np.ndarray:
+    """2x2 mean binning (odd edges replicated)."""
+    rows, cols = img.shape
+    if rows % 2 or cols % 2:
+        img = np.pad(img, ((0, rows % 2), (0, cols % 2)), mode="edge")
+    out = img[0::2, 0::2] + img[1::2, 0::2]
+    out += img[0::2, 1::2]
+    out += img[1::2, 1::2]
+    out *= np.float32(0.25)
+    return out
+
+
+def _up2(a: np.ndarray) -> np.ndarray:
+    """2x linear upsampling of a binned image (pixel centres at quarter offsets, edges replicated)."""
+    p = np.pad(a, 1, mode="edge")
+    r = np.empty((2 * a.shape[0], a.shape[1] + 2), np.float32)
+    np.multiply(p[1:-1], np.float32(0.75), out=r[0::2])
+    r[0::2] += np.float32(0.25) * p[:-2]
+    np.multiply(p[1:-1], np.float32(0.75), out=r[1::2])
+    r[1::2] += np.float32(0.25) * p[2:]
+    out = np.empty((r.shape[0], 2 * a.shape[1]), np.float32)
+    np.multiply(r[:, 1:-1], np.float32(0.75), out=out[:, 0::2])
+    out[:, 0::2] += np.float32(0.25) * r[:, :-2]
+    np.multiply(r[:, 1:-1], np.float32(0.75), out=out[:, 1::2])
+    out[:, 1::2] += np.float32(0.25) * r[:, 2:]
+    return out
+
+
+def _upsample(img: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Undo ``factor`` (a power of 2) of binning by repeated 2x linear upsampling, cropped to ``shape``."""
+    while factor > 1:
+        img = _up2(img)
+        factor //= 2
+    return img[: shape[0], : shape[1]]
+
+
+def _pyramid_gauss(img: np.ndarray, sigma_px: float) -> tuple[np.ndarray, int]:
+    """Gaussian smoothing at ``sigma_px`` (px), on a 2^k-binned copy while the sigma left there stays
+    >= 1.5 px: returns (smoothed image at the coarse level, binning factor)."""
+    f = 1
+    base = img
+    while sigma_px / f >= 3.0 and min(base.shape) >= 8:
+        base = _bin2(base)
+        f *= 2
+    s = np.sqrt(max(sigma_px**2 - (f * f - 1) / 12.0, 0.0)) / f  # a box of f px adds (f²-1)/12 px²
+    return _gauss(base, s), f
+
+
+def pixel_features(h: np.ndarray, e: np.ndarray, od: np.ndarray, mpp: float,
+                   h_scales_um: tuple[float, ...], ctx_scales_um: tuple[float, ...]) -> np.ndarray:
+    """Filter bank (features, pixels) float32: per H scale s (µm) the Gaussian-smoothed H (OD), its
+    gradient magnitude x s, Laplacian x s² and Hessian anisotropy x s² (scale-normalised, OD); per
+    context scale the smoothed E and total OD.  Scales in µm, so 20x and 40x give the same features."""
+    shape = h.shape
+    out = np.empty((4 * len(h_scales_um) + 2 * len(ctx_scales_um), h.size), np.float32)
+    k = 0
+    for s_um in h_scales_um:
+        g, f = _pyramid_gauss(h, s_um / mpp)
+        s = np.float32(s_um / mpp / f)  # sigma in px of this level: derivatives per level px
+        p = np.pad(g, 1, mode="edge")
+        gy = p[2:, 1:-1] - p[:-2, 1:-1]
+        gx = p[1:-1, 2:] - p[1:-1, :-2]
+        gyy = p[2:, 1:-1] + p[:-2, 1:-1]
+        gyy -= 2 * g
+        gxx = p[1:-1, 2:] + p[1:-1, :-2]
+        gxx -= 2 * g
+        gxy = p[2:, 2:] + p[:-2, :-2]
+        gxy -= p[2:, :-2]
+        gxy -= p[:-2, 2:]
+        grad = np.hypot(gy, gx)
+        grad *= np.float32(0.5) * s
+        lap = gyy + gxx
+        lap *= s * s
+        gyy -= gxx
+        aniso = np.hypot(np.float32(0.5) * gyy, np.float32(0.25) * gxy)
+        aniso *= s * s
+        for feat in (g, grad, lap, aniso):
+            out[k] = _upsample(feat, f, shape).ravel()
+            k += 1
+    for s_um in ctx_scales_um:
+        for img in (e, od):
+            g, f = _pyramid_gauss(img, s_um / mpp)
+            out[k] = _upsample(g, f, shape).ravel()
+            k += 1
+    return out
+
+
+def _stain_images(rgb: np.ndarray, h: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """H (given or Ruifrok), E and total OD (sum over channels) of an RGB uint8 tile, float32 OD."""
+    from .stain import _OD_LUT, _RUIFROK_TABLES, _unmix
+
+    if h is None:
+        h = _unmix(rgb, _RUIFROK_TABLES, 0)
+    e = _unmix(rgb, _RUIFROK_TABLES, 1)
+    od = np.take(_OD_LUT, rgb[..., 0])
+    od += np.take(_OD_LUT, rgb[..., 1])
+    od += np.take(_OD_LUT, rgb[..., 2])
+    return h, e, od
+
+
+def _model_logits(rgb: np.ndarray, h: np.ndarray | None, mpp: float, model: PixelModel) -> np.ndarray:
+    """Logits (2, rows, cols) float32 of nucleus and nucleus-interior for every pixel."""
+    hh, e, od = _stain_images(rgb, h)
+    x = pixel_features(hh, e, od, mpp, model.h_scales_um, model.ctx_scales_um)
+    hidden = model.w1 @ x
+    hidden += model.b1
+    np.maximum(hidden, 0.0, out=hidden)
+    z = model.w2 @ hidden
+    z += model.b2
+    return z.reshape((2,) + hh.shape)
+
+
+def pixel_probabilities(rgb: np.ndarray, mpp: float, h: np.ndarray | None = None,
+                        model: str | os.PathLike | PixelModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nucleus and nucleus-interior probability maps (float32, 0..1) of an RGB tile at ``mpp`` µm/px."""
+    rgb = as_rgb(rgb)
+    pm = model if isinstance(model, PixelModel) else load_pixel_model(model)
+    z = _model_logits(rgb, None if h is None else np.asarray(h, np.float32), float(mpp), pm)
+    p = 1.0 / (1.0 + np.exp(-z))
+    return p[0], p[1]
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """Logistic function, float32."""
+    return (np.float32(1.0) / (np.float32(1.0) + np.exp(-z))).astype(np.float32, copy=False)
+
+
+def _model_foreground(rgb: np.ndarray, h: np.ndarray | None, mpp: float,
+                      cfg: NucleiConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground mask (model probability > threshold, opened, holes filled) and interior probability."""
+    z = _model_logits(rgb, h, mpp, load_pixel_model())
+    t = float(np.log(cfg.prob_threshold / (1.0 - cfg.prob_threshold)))
+    fg = z[0] > np.float32(t)
+    fg = _open(fg, cfg.open_radius_um / mpp)
+    return _fill_holes(fg, cfg.fill_holes_um2 / (mpp * mpp)), _sigmoid(z[1])
 
 
 def _distance(mask: np.ndarray, mpp: float) -> np.ndarray:

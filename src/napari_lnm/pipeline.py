@@ -9,10 +9,12 @@ asked, the per-tile images (H, E, labels, centroids) for display.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,8 @@ from napari_lnm.errors import ModelError, SlideError, UserError
 from napari_lnm.explain import KEY_TILE_COLUMNS, KIND_COLOURS, feature_kind, key_tiles as find_key_tiles
 from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
 
-__all__ = ["Prediction", "predict_slide", "tiling_config_for", "RESULT_VERSION"]
+__all__ = ["Prediction", "predict_slide", "tiling_config_for", "default_workers", "shutdown_pool", "RESULT_VERSION",
+           "MIN_PARALLEL_TILES"]
 
 #: Version of the result.json layout.
 RESULT_VERSION = 1
@@ -112,6 +115,9 @@ class Prediction:
     rois: Optional[list] = None  # level-0 (N, 2) (x, y) polygons
     timings: dict = field(default_factory=dict)  # seconds per stage
     analyses: Optional[list] = field(default=None, repr=False)  # per-tile TileAnalysis (tiles order) if kept
+    #: per tile (tiles order), if images were kept: (Voronoi, Delaunay) display segments, (M, 2, 2) row/col
+    #: px of the analysed tile (working µm/px), as features.graph.graph_segments gives them
+    graph_segments: Optional[list] = field(default=None, repr=False)
     recorded_n_tiles: Optional[int] = field(default=None, repr=False)  # from result.json when tiles are absent
 
     @property
@@ -368,7 +374,7 @@ def _top_features(contribs: pd.DataFrame, importance: pd.DataFrame, k: int) -> p
 
 def _explain_element(r: dict) -> str:
     """One sentence on what a fused element is for this slide and which way it pushed the prediction."""
-    from napari_lnm.explain import feature_unit
+    from napari_lnm.explain import bin_range_text, feature_unit
     from napari_lnm.report import _num
 
     c = float(r.get("contribution", 0.0))
@@ -380,7 +386,7 @@ def _explain_element(r: dict) -> str:
     value = r.get("value")
     if isinstance(b, (int, float, np.integer, np.floating)) and np.isfinite(b) and b >= 1 and value is not None:
         unit = feature_unit(feat)
-        rng = f"{_num(r.get('bin_lo'))}–{_num(r.get('bin_hi'))} {unit}".rstrip()
+        rng = f"{bin_range_text(r.get('bin_lo'), r.get('bin_hi'), _num)} {unit}".rstrip()
         return (f"{float(value) * 100:.0f}% of this slide's tiles have {feat} in bin {int(b)} ({rng})"
                 f"{direction}; {effect}")
     stat = str(r.get("stat") or "").strip()
@@ -448,6 +454,188 @@ def _float_prob(p: Any) -> float:
     return float(arr[0])
 
 
+# --------------------------------------------------------------------------- parallel tile analysis
+#: Fewest tiles for which ``predict_slide(workers > 1)`` uses worker processes (below, the pool's
+#: start-up, ~1-3 s of spawn + imports on a cold pool, would cost more than it saves).
+MIN_PARALLEL_TILES = 16
+#: Most tiles per worker task (smaller chunks: smoother progress, better load balance at the end).
+CHUNK_TILES = 8
+
+_POOL_LOCK = threading.Lock()
+_IDLE_POOL: Any = None  # an extract._Pool kept warm between runs (shut down at exit)
+_ATEXIT = False
+
+
+def default_workers() -> int:
+    """Worker processes the CLI and the napari widget use by default: min(2, CPU count)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _tile_segments(ta: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(Voronoi, Delaunay) display segments (M, 2, 2) of a tile's nucleus centroids, row/col working px."""
+    from napari_lnm.features.graph import graph_segments
+
+    c = np.asarray(ta.centroids, dtype=float).reshape(-1, 2)
+    if len(c) < 3:
+        empty = np.zeros((0, 2, 2))
+        return empty, empty
+    v, d = graph_segments(c, np.asarray(ta.labels).shape)
+    return np.asarray(v, float).reshape(-1, 2, 2), np.asarray(d, float).reshape(-1, 2, 2)
+
+
+def _analyse_tiles(slide: Any, xs: Sequence[int], ys: Sequence[int], config: Any, keep_images: bool,
+                   should_stop: Optional[StopFn] = None, progress: Optional[ProgressFn] = None,
+                   offset: int = 0, total: int = 0) -> tuple[np.ndarray, Optional[list], Optional[list]]:
+    """Features (n, n_features) float64 in feature_names() order; with ``keep_images`` also the
+    TileAnalysis list and the (Voronoi, Delaunay) display segments of each tile (row/col px)."""
+    from napari_lnm.features import analyse_tile, feature_names
+    from napari_lnm.tiling import read_tile
+
+    names = feature_names()
+    feats = np.full((len(xs), len(names)), np.nan, dtype=np.float64)
+    analyses: Optional[list] = [] if keep_images else None
+    segments: Optional[list] = [] if keep_images else None
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        check_stop(should_stop)
+        ta = analyse_tile(read_tile(slide, int(x), int(y), config), float(config.mpp))
+        feats[i] = [ta.features.get(k, np.nan) for k in names]
+        if keep_images:
+            analyses.append(ta)
+            segments.append(_tile_segments(ta))
+        if total:
+            report(progress, offset + i + 1, total, f"analysing tile {offset + i + 1}/{total}")
+    return feats, analyses, segments
+
+
+def _analyse_chunk(path: str, mpp: float, xs: np.ndarray, ys: np.ndarray, config: Any,
+                   keep_images: bool) -> tuple[np.ndarray, Optional[list], Optional[list]]:
+    """Worker-process task: open the slide (level-0 ``mpp`` µm/px) and analyse the tiles at level-0 (xs, ys)."""
+    from napari_lnm.extract import _limit_threads, extract_tiles
+    from napari_lnm.io import open_slide
+
+    if not keep_images:  # the same task function as cohort extraction
+        return extract_tiles(path, xs, ys, config, mpp, limit_threads=True), None, None
+    with _limit_threads(), open_slide(path, mpp=mpp) as slide:
+        return _analyse_tiles(slide, xs, ys, config, True)
+
+
+def _checkout_pool(workers: int):
+    """The warm module-level pool if it has ``workers`` processes, else a new one (extract._Pool, spawned)."""
+    global _IDLE_POOL, _ATEXIT
+    from napari_lnm.extract import _Pool
+
+    with _POOL_LOCK:
+        pool, _IDLE_POOL = _IDLE_POOL, None
+        if not _ATEXIT:
+            atexit.register(shutdown_pool)
+            _ATEXIT = True
+    if pool is not None and pool.workers == workers and not getattr(pool.ex, "_broken", False):
+        return pool
+    if pool is not None:
+        _kill_pool(pool)
+    return _Pool(workers)
+
+
+def _return_pool(pool: Any) -> None:
+    """Keep ``pool`` warm for the next run (or shut it down if another one is already kept)."""
+    global _IDLE_POOL
+    with _POOL_LOCK:
+        if _IDLE_POOL is None:
+            _IDLE_POOL, pool = pool, None
+    if pool is not None:
+        pool.ex.shutdown(wait=False, cancel_futures=True)
+
+
+def _kill_pool(pool: Any, timeout: float = 2.0) -> None:
+    """Stop a pool now: cancel queued tasks, terminate its worker processes, reap them (≤ ``timeout`` s)."""
+    ex = pool.ex
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    ex.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        try:
+            if p.is_alive():
+                p.terminate()
+        except (ValueError, ProcessLookupError):  # already closed / gone
+            pass
+    t_end = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.join(max(0.0, t_end - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(0.5)
+        except (ValueError, ProcessLookupError):
+            pass
+
+
+def shutdown_pool() -> None:
+    """Stop the warm worker processes kept by :func:`predict_slide` (also done at interpreter exit)."""
+    global _IDLE_POOL
+    with _POOL_LOCK:
+        pool, _IDLE_POOL = _IDLE_POOL, None
+    if pool is not None:
+        _kill_pool(pool)
+
+
+def _parallel_path(slide: Any) -> Optional[str]:
+    """The slide's file if worker processes can reopen it, else None (in-memory or unsaved slides)."""
+    p = getattr(slide, "path", None)
+    if p is None or not hasattr(slide, "mpp"):
+        return None
+    try:
+        return str(p) if Path(p).is_file() else None
+    except (TypeError, OSError):
+        return None
+
+
+def _analyse_parallel(path: str, mpp: float, xs: np.ndarray, ys: np.ndarray, config: Any, keep_images: bool,
+                      workers: int, progress: Optional[ProgressFn],
+                      should_stop: Optional[StopFn]) -> tuple[np.ndarray, Optional[list], Optional[list]]:
+    """:func:`_analyse_tiles` on ``workers`` processes in chunks; results in tile order.
+
+    Polls ``should_stop`` every 0.1 s; on a stop (or any error) the queued chunks are
+    cancelled and the worker processes are terminated at once, so Cancelled is raised
+    within a fraction of a second, whatever tile the workers were on.
+    """
+    import concurrent.futures as cf
+
+    from napari_lnm.extract import _chunk_bounds
+
+    n = len(xs)
+    bounds = _chunk_bounds(n, workers, CHUNK_TILES)
+    pool = _checkout_pool(workers)
+    results: dict[int, tuple] = {}
+    done_tiles = 0
+    ok = False
+    try:
+        pending = {pool.submit(_analyse_chunk, path, float(mpp), xs[a:b], ys[a:b], config, keep_images): k
+                   for k, (a, b) in enumerate(bounds)}
+        while pending:
+            check_stop(should_stop)
+            finished, _ = cf.wait(list(pending), timeout=0.1, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                k = pending.pop(fut)
+                try:
+                    results[k] = fut.result()
+                except cf.process.BrokenProcessPool:
+                    raise SlideError(path, "a worker process died while analysing tiles (out of memory or "
+                                           "killed); run again, or with 1 worker") from None
+                done_tiles += bounds[k][1] - bounds[k][0]
+                report(progress, done_tiles, n, f"analysing tile {done_tiles}/{n}")
+        ok = True
+    finally:
+        if ok:
+            _return_pool(pool)
+        else:
+            _kill_pool(pool)
+    feats = np.concatenate([results[k][0] for k in range(len(bounds))], axis=0)
+    if not keep_images:
+        return feats, None, None
+    analyses = [a for k in range(len(bounds)) for a in results[k][1]]
+    segments = [s for k in range(len(bounds)) for s in results[k][2]]
+    return feats, analyses, segments
+
+
 def predict_slide(
     slide_or_path: Any,
     bundle: Any,
@@ -461,6 +649,7 @@ def predict_slide(
     slide_id: Optional[str] = None,
     progress: Optional[ProgressFn] = None,
     should_stop: Optional[StopFn] = None,
+    workers: int = 1,
 ) -> Prediction:
     """Predict the metastasis probability of one slide and explain it (tiles level-0 px, features in µm/µm²/OD).
 
@@ -471,9 +660,14 @@ def predict_slide(
     ``TileAnalysis`` (H, E, labels, centroids) in ``Prediction.analyses``;
     ``subtype_model``: a ``SubtypeModel`` or folder; the slide's majority subtype
     then picks ``bundle.for_subtype(name)``.  Cancellable between tiles.
+    ``workers > 1``: tile features are computed in that many worker processes (a
+    spawned pool kept warm between runs, see :func:`shutdown_pool`) when the slide has
+    at least ``MIN_PARALLEL_TILES`` tiles and is a file; the numbers are identical to
+    ``workers=1``.  With ``keep_images``, ``Prediction.graph_segments`` also holds each
+    tile's Voronoi/Delaunay display segments.
     """
-    from napari_lnm.features import analyse_tile, feature_names
-    from napari_lnm.tiling import read_tile, tile_slide
+    from napari_lnm.features import feature_names
+    from napari_lnm.tiling import tile_slide
 
     model_extra: dict = {}
     if isinstance(bundle, (str, os.PathLike)):
@@ -516,6 +710,13 @@ def predict_slide(
             vote = predict_slide_subtype(slide, sm, tiles_df=sm_tiles, config=sm_config, progress=progress,
                                          should_stop=should_stop)
             subtype_info = vote.to_dict()
+            # per-tile votes (level-0 px, rows of the subtype tiling) for overlays; plain lists stay JSON-able
+            subtype_info["tiles"] = {
+                "x": sm_tiles["x"].astype(int).tolist(), "y": sm_tiles["y"].astype(int).tolist(),
+                "size": sm_tiles["size"].astype(int).tolist(), "classes": list(vote.classes),
+                "probs": np.round(np.asarray(vote.probs, dtype=float), 4).tolist(),
+            }
+            subtype_info["routing"] = str((getattr(bundle, "subtype_routing", None) or {}).get(vote.subtype, ""))
             routed, used = bundle, "pooled"
             if hasattr(bundle, "for_subtype"):
                 out = bundle.for_subtype(vote.subtype)
@@ -535,22 +736,20 @@ def predict_slide(
                 f"(e.g. {missing[:3]}); retrain it with this version of napari-lnm"
             )
         n = len(tiles)
-        feats = np.full((n, len(names)), np.nan, dtype=np.float64)
-        col = {f: j for j, f in enumerate(names)}
-        analyses: Optional[list] = [] if keep_images else None
+        xs, ys = tiles["x"].to_numpy(), tiles["y"].to_numpy()
+        workers = int(workers)
+        if workers < 1:
+            raise UserError(f"workers must be at least 1, got {workers}")
+        par_path = _parallel_path(slide) if workers > 1 and n >= MIN_PARALLEL_TILES else None
         t1 = time.perf_counter()
-        for i, (x, y) in enumerate(zip(tiles["x"].to_numpy(), tiles["y"].to_numpy())):
-            check_stop(should_stop)
-            rgb = read_tile(slide, int(x), int(y), config)
-            ta = analyse_tile(rgb, work_mpp)
-            for k, v in ta.features.items():
-                j = col.get(k)
-                if j is not None:
-                    feats[i, j] = v
-            if analyses is not None:
-                analyses.append(ta)
-            report(progress, i + 1, n, f"analysing tile {i + 1}/{n}")
+        if par_path is not None:
+            feats, analyses, segments = _analyse_parallel(par_path, float(slide.mpp), xs, ys, config, keep_images,
+                                                          min(workers, n), progress, should_stop)
+        else:
+            feats, analyses, segments = _analyse_tiles(slide, xs, ys, config, keep_images, should_stop, progress,
+                                                       total=n)
         timings["features_s"] = time.perf_counter() - t1
+        timings["workers"] = min(workers, n) if par_path is not None else 1
         table = tiles.reset_index(drop=True).copy()
         table.insert(0, "slide_id", sid)
         table = pd.concat([table, pd.DataFrame(feats, columns=names)], axis=1)
@@ -594,6 +793,7 @@ def predict_slide(
             rois=polys,
             timings=timings,
             analyses=analyses,
+            graph_segments=segments,
         )
     finally:
         if opened:

@@ -1,4 +1,4 @@
-"""Matplotlib canvases for the widgets: feature-importance bars and the ROC curve."""
+"""Matplotlib canvases for the widgets: feature-importance bars, subtype counts and the ROC curve."""
 
 from __future__ import annotations
 
@@ -47,6 +47,22 @@ class ChartCanvas(FigureCanvasQTAgg):
         ax.set_ylabel("true positive rate", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.01)
+        self.draw_idle()
+
+    def show_counts(self, names: Sequence[str], counts: Sequence[int], colours: Sequence[str],
+                    highlight: str | None = None, title: str = "Tiles per subtype") -> None:
+        """Vertical bar chart of tile counts per class (the ``highlight`` class outlined in black)."""
+        self.figure.clear()
+        ax = self.figure.add_subplot(111)
+        counts = np.asarray(counts, float)
+        bars = ax.bar(np.arange(len(names)), counts, color=list(colours),
+                      edgecolor=["black" if n == highlight else "none" for n in names], linewidth=1.5)
+        ax.bar_label(bars, [f"{int(c)}" for c in counts], fontsize=7)
+        ax.set_xticks(np.arange(len(names)), list(names), fontsize=8)
+        ax.set_ylabel("tiles", fontsize=8)
+        ax.set_ylim(0, max(1.0, float(counts.max(initial=0))) * 1.2)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
         self.draw_idle()
 
     def clear(self) -> None:

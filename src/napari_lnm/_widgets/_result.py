@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ._layers import Mosaic, build_mosaic, segments_to_vectors, tile_to_level0
+from ._subtype import subtype_tiles
 
 # upper bound on graph segments drawn per layer (Vectors stay fluid below this)
 MAX_SEGMENTS = 400_000
@@ -26,6 +27,8 @@ class LayerData:
     top_features: list[tuple[str, float]] = field(default_factory=list)
     h_limits: tuple[float, float] = (0.0, 1.0)  # display contrast limits of the H / E mosaics (OD)
     e_limits: tuple[float, float] = (0.0, 1.0)
+    subtype_tiles: Optional[pd.DataFrame] = None  # per-tile subtype vote (x, y, size level-0 px); None: no subtype model
+    subtype_routing: dict = field(default_factory=dict)  # the bundle's subtype -> model note ("pooled (only 3 slides…)")
 
 
 def contrast_limits(img: np.ndarray, q: float = 99.5, max_samples: int = 1_000_000) -> tuple[float, float]:
@@ -118,6 +121,7 @@ def build_layer_data(pred: Any, bundle: Any, mpp0: float, work_mpp: float, graph
                 dela.append(segments_to_vectors(tile_to_level0(d, x, y, mpp0, work_mpp)))
                 n_del += len(d)
     empty = np.zeros((0, 2, 2))
+    sub = getattr(pred, "subtype", None)
     key = getattr(pred, "key_tiles", None)
     key = key if isinstance(key, pd.DataFrame) else pd.DataFrame(columns=["rank", "x", "y", "size", "kind", "colour", "reason"])
     return LayerData(
@@ -129,4 +133,6 @@ def build_layer_data(pred: Any, bundle: Any, mpp0: float, work_mpp: float, graph
         top_features=top_features(pred, bundle),
         h_limits=contrast_limits(mosaic.h) if mosaic is not None else (0.0, 1.0),
         e_limits=contrast_limits(mosaic.e) if mosaic is not None else (0.0, 1.0),
+        subtype_tiles=subtype_tiles(sub) if isinstance(sub, dict) else None,
+        subtype_routing={str(k): str(v) for k, v in (getattr(bundle, "subtype_routing", None) or {}).items()},
     )

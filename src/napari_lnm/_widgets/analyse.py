@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
+    QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QLineEdit,
     QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
@@ -22,6 +22,7 @@ from ._common import (
 )
 from ._layers import display_pyramid, square_corners
 from ._result import LayerData, build_layer_data
+from ._subtype import SUBTYPE_COLOURS, subtype_colour, subtype_counts, subtype_summary, subtype_title, tile_reason
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "demo_model"
 MAGNIFICATIONS = ("5", "10", "20", "40")
@@ -30,6 +31,9 @@ KIND_LEGEND = ("nucleus size", "nucleus texture", "arrangement", "tile texture")
 
 
 HOVER_HELP = "hover over a numbered key tile to read why it matters"
+SUBTYPE_HELP = "hover over a tile to read its predicted subtype and class probabilities"
+SUBTYPE_LAYER = "subtype"
+SUBTYPE_OPACITY = 0.45  # overlay layer opacity: the tissue stays visible under the class colours
 
 
 def key_tile_reason(layer, index) -> str:
@@ -46,6 +50,14 @@ def _key_tile_hover(layer, event) -> None:
                             dims_displayed=event.dims_displayed, world=True)
     index = value[0] if isinstance(value, tuple) else value
     layer.help = key_tile_reason(layer, index) or HOVER_HELP
+
+
+def _subtype_hover(layer, event) -> None:
+    """Mouse-move callback of the subtype overlay: its help text gives the tile's subtype and probabilities."""
+    value = layer.get_value(event.position, view_direction=event.view_direction,
+                            dims_displayed=event.dims_displayed, world=True)
+    index = value[0] if isinstance(value, tuple) else value
+    layer.help = tile_reason(layer.features, index) or SUBTYPE_HELP
 
 
 def load_bundle(path: str):
@@ -84,6 +96,7 @@ class AnalyseWidget(QWidget):
         self._show_t0 = 0.0
         self.timings: dict[str, float] = {}  # seconds: layer_data_s (worker), show_s (GUI thread)
         self.chart: Optional[ChartCanvas] = None
+        self.subtype_chart: Optional[ChartCanvas] = None  # H tile counts per subtype, under the importance chart
         self._chart_dock = None
         self._build_ui()
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -179,6 +192,26 @@ class AnalyseWidget(QWidget):
             legend.addWidget(sw, 1 + i // 2, 2 * (i % 2))
             legend.addWidget(QLabel(kind), 1 + i // 2, 2 * (i % 2) + 1)
 
+        self.subtype_label = QLabel("")
+        self.subtype_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.subtype_label.setStyleSheet("font-size: 14pt; font-weight: bold;")
+        self.subtype_label.setVisible(False)
+        self.subtype_model_label = QLabel("")
+        self.subtype_model_label.setWordWrap(True)
+        self.subtype_model_label.setVisible(False)
+        self.overlay_box = QCheckBox("show subtype overlay")
+        self.overlay_box.setChecked(True)
+        self.overlay_box.setToolTip("Show the per-tile subtype layer (needs a subtype model)")
+        self.overlay_box.toggled.connect(self._set_overlay_visible)
+        sub_legend = QGridLayout()
+        sub_legend.addWidget(self.overlay_box, 0, 0, 1, 4)
+        for i, (name, colour) in enumerate(SUBTYPE_COLOURS.items()):
+            sw = QLabel()
+            sw.setFixedSize(14, 14)
+            sw.setStyleSheet(f"background: {colour}; border: 1px solid #333;")
+            sub_legend.addWidget(sw, 1 + i // 2, 2 * (i % 2))
+            sub_legend.addWidget(QLabel(subtype_title(name)), 1 + i // 2, 2 * (i % 2) + 1)
+
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addLayout(buttons)
@@ -187,7 +220,10 @@ class AnalyseWidget(QWidget):
         lay.addWidget(self.prob_label)
         lay.addWidget(self.prob_caption)
         lay.addWidget(self.info_label)
+        lay.addWidget(self.subtype_label)
+        lay.addWidget(self.subtype_model_label)
         lay.addLayout(legend)
+        lay.addLayout(sub_legend)
         lay.addStretch(1)
 
     def _refresh_layers(self, event=None) -> None:
@@ -481,6 +517,7 @@ class AnalyseWidget(QWidget):
             v, "tiles", v.add_shapes, square_corners(t["x"], t["y"], t["size"]), shape_type="rectangle",
             scale=scale0, translate=trans0, edge_color="white", face_color="transparent",
             edge_width=max(float(t["size"].iloc[0]) / 100, 1.0) if len(t) else 1.0, features=feats, opacity=0.5))
+        steps.append(lambda: self._show_subtype_layer(data, scale0, trans0))
         k = data.key_tiles
 
         def key_layer():
@@ -499,7 +536,7 @@ class AnalyseWidget(QWidget):
                 v.layers.remove("key tiles")
             v.layers.selection.active = v.layers["key tiles"] if "key tiles" in v.layers else None
 
-        steps += [key_layer, lambda: self._show_chart(data.top_features)]
+        steps += [key_layer, lambda: self._show_chart(data.top_features), lambda: self._show_subtype(pred, data.subtype_routing)]
         return steps
 
     def show_result(self, pred: Any, data: LayerData, slide_layer, mpp0: float) -> None:
@@ -515,22 +552,81 @@ class AnalyseWidget(QWidget):
         parts = [f"{len(pred.tiles)} tiles"]
         sub = getattr(pred, "subtype", None)
         model_name = Path(self.model_edit.text()).name
-        if isinstance(sub, dict) and sub.get("subtype"):
-            counts = sub.get("counts") or {}
-            ctxt = " (" + ", ".join(f"{k}: {n}" for k, n in counts.items()) + ")" if counts else ""
-            parts.append(f"subtype {sub['subtype']}{ctxt}")
-            if sub.get("model_used"):
-                model_name += f" [{sub['model_used']}]"
+        if isinstance(sub, dict) and sub.get("model_used"):
+            model_name += f" [{sub['model_used']}]"
         parts.append(f"model: {model_name}")
         self.info_label.setText(" · ".join(parts))
 
+    def _chart_panel(self) -> None:
+        """Create the chart dock once: the feature-importance chart above the (initially hidden) subtype counts."""
+        if self.chart is not None:
+            return
+        panel = QWidget()
+        box = QVBoxLayout(panel)
+        box.setContentsMargins(0, 0, 0, 0)
+        self.chart = ChartCanvas()
+        self.subtype_chart = ChartCanvas(4.0, 1.8)
+        self.subtype_chart.setMinimumHeight(170)
+        self.subtype_chart.setVisible(False)
+        box.addWidget(self.chart, 3)
+        box.addWidget(self.subtype_chart, 2)
+        self._chart_dock = self.viewer.window.add_dock_widget(panel, name="Feature importance", area="right")
+
     def _show_chart(self, top: list[tuple[str, float]]) -> None:
-        if self.chart is None:
-            self.chart = ChartCanvas()
-            self._chart_dock = self.viewer.window.add_dock_widget(self.chart, name="Feature importance",
-                                                                  area="right")
+        self._chart_panel()
         if top:
             names, vals = zip(*top)
             self.chart.show_importance(names, vals, title="Model's top features (gain)")
         else:
             self.chart.clear()
+
+    def _show_subtype(self, pred: Any, routing: Optional[dict] = None) -> None:
+        """Subtype headline, the LNM model used (and why), and the bar chart of tile counts per subtype."""
+        sub = getattr(pred, "subtype", None)
+        head, line = subtype_summary(sub, routing)
+        self.subtype_label.setText(f"subtype: {head}" if head else "")
+        self.subtype_label.setVisible(bool(head))
+        self.subtype_model_label.setText(line)
+        self.subtype_model_label.setVisible(bool(line))
+        self._chart_panel()
+        names, counts = subtype_counts(sub)
+        if head and len(names):
+            self.subtype_label.setStyleSheet(
+                f"font-size: 14pt; font-weight: bold; color: {subtype_colour(sub['subtype'])};")
+            self.subtype_chart.show_counts(names, counts, [subtype_colour(n) for n in names],
+                                           highlight=str(sub["subtype"]), title="H tiles per subtype (vote)")
+            self.subtype_chart.setVisible(True)
+        else:
+            self.subtype_chart.clear()
+            self.subtype_chart.setVisible(False)
+
+    def _show_subtype_layer(self, data: LayerData, scale0, trans0) -> None:
+        """Per-tile subtype rectangles (one colour per class), or remove a previous run's overlay."""
+        v = self.viewer
+        st = data.subtype_tiles
+        if st is None or len(st) == 0:
+            if SUBTYPE_LAYER in v.layers:
+                v.layers.remove(SUBTYPE_LAYER)
+            return
+        colours = [subtype_colour(n) for n in st["subtype"]]
+        layer = replace_layer(
+            v, SUBTYPE_LAYER, v.add_shapes, square_corners(st["x"], st["y"], st["size"]), shape_type="rectangle",
+            scale=scale0, translate=trans0, face_color=colours, edge_color=colours,
+            edge_width=max(float(st["size"].iloc[0]) / 60, 1.0), features=st.reset_index(drop=True),
+            opacity=SUBTYPE_OPACITY, visible=self.overlay_box.isChecked(),
+        )
+        layer.help = SUBTYPE_HELP
+        layer.mouse_move_callbacks.append(_subtype_hover)
+        layer.events.visible.connect(self._on_overlay_visible)
+
+    def _set_overlay_visible(self, checked: bool) -> None:
+        """The 'show subtype overlay' box shows or hides the subtype layer."""
+        if SUBTYPE_LAYER in self.viewer.layers:
+            self.viewer.layers[SUBTYPE_LAYER].visible = bool(checked)
+
+    def _on_overlay_visible(self, event=None) -> None:
+        """Keep the checkbox in step when the layer's eye is toggled in the layer list."""
+        if SUBTYPE_LAYER in self.viewer.layers:
+            self.overlay_box.blockSignals(True)
+            self.overlay_box.setChecked(bool(self.viewer.layers[SUBTYPE_LAYER].visible))
+            self.overlay_box.blockSignals(False)
