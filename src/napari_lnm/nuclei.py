@@ -10,8 +10,13 @@ Methods
     distance to background plus scale-normalised Laplacian-of-Gaussian of H); seeds are its maxima
     within ``seed_radius_um``; every foreground pixel climbs the response (steepest ascent, pointer
     jumping) to a local maximum, and the basin of a non-seed maximum joins the seed above it.
-``"watershed"`` — classical marker-controlled watershed: the same foreground; seeds at prominent
-    maxima of the smoothed distance transform, flooding the negated distance (skimage watershed).
+    With ``foreground="model"`` the foreground is instead the shipped pixel classifier's nucleus
+    probability > ``prob_threshold`` (an ilastik-style filter bank on H and E at scales in µm and a
+    one-hidden-layer perceptron, numpy only, ``data/nuclei_pixel_model.npz``), and its nucleus-interior
+    probability replaces the LoG term of the blob response: more accurate (AJI +0.02-0.03 on
+    nuclei-dev) but ~2.5-3x slower, hence not the default (see docs/benchmarks.md).
+``"watershed"`` — classical marker-controlled watershed: the same foreground (threshold or model);
+    seeds at prominent maxima of the smoothed distance transform, flooding the negated distance.
 ``"deep"`` — a user-supplied TorchScript model (``weights=path``) mapping RGB to instance labels or
     to nucleus probability / background-interior-boundary maps (split into instances by LMC).
 """
@@ -19,6 +24,7 @@ Methods
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,7 +62,7 @@ class NucleiConfig:
     log_weight: float = 1.0  # weight of the LoG term relative to the distance term (LMC)
     response_smooth: float = 1.0  # Gaussian of the blob response, in units of the LoG scale r/sqrt(2)
     seed_h: float = 0.5  # watershed option: minimum prominence of a distance peak (µm)
-    foreground: str = "model"  # "model" (shipped pixel classifier) or "threshold" (Otsu of smoothed H)
+    foreground: str = "threshold"  # "threshold" (Otsu of smoothed H) or "model" (shipped pixel classifier)
     prob_threshold: float = 0.45  # model foreground: nucleus probability above this
     interior_weight: float = 1.0  # model: weight (µm) of the smoothed interior probability in the response
 
@@ -209,7 +215,7 @@ class PixelModel:
     standardisation folded into the first layer; outputs logits of (nucleus, nucleus interior)."""
 
     h_scales_um: tuple[float, ...]  # Gaussian scales of the H filter bank (µm)
-    ctx_scales_um: tuple[float, ...]  # Gaussian scales of the E and total-OD context features (µm)
+    ctx_scales_um: tuple[float, ...]  # Gaussian scales of the E context features (µm)
     w1: np.ndarray  # (hidden, features) float32, acting on raw features
     b1: np.ndarray  # (hidden, 1) float32
     w2: np.ndarray  # (2, hidden) float32
@@ -217,8 +223,8 @@ class PixelModel:
 
     @property
     def n_features(self) -> int:
-        """Number of input features (4 per H scale, 2 per context scale)."""
-        return 4 * len(self.h_scales_um) + 2 * len(self.ctx_scales_um)
+        """Number of input features (4 per H scale, 1 per context scale)."""
+        return 4 * len(self.h_scales_um) + len(self.ctx_scales_um)
 
 
 _PIXEL_MODELS: dict[str, PixelModel] = {}
@@ -236,10 +242,11 @@ def load_pixel_model(path: str | os.PathLike | None = None) -> PixelModel:
     try:
         with np.load(path, allow_pickle=False) as z:
             d = {k: np.asarray(z[k], dtype=np.float64) for k in _MODEL_KEYS}
-    except (KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise ModelError(f"{path}: not a nucleus pixel-model file ({type(exc).__name__}: {exc})") from None
-    hs, cs = tuple(d["h_scales_um"].tolist()), tuple(d["ctx_scales_um"].tolist())
-    nf = 4 * len(hs) + 2 * len(cs)
+    hs = tuple(np.atleast_1d(d["h_scales_um"]).tolist())
+    cs = tuple(np.atleast_1d(d["ctx_scales_um"]).tolist())
+    nf = 4 * len(hs) + len(cs)
     w1, w2 = d["w1"], d["w2"]
     if (w1.ndim != 2 or w1.shape[1] != nf or d["mean"].shape != (nf,) or d["std"].shape != (nf,)
             or d["b1"].shape != (w1.shape[0],) or w2.shape != (2, w1.shape[0]) or d["b2"].shape != (2,)
@@ -289,78 +296,94 @@ def _upsample(img: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarra
     return img[: shape[0], : shape[1]]
 
 
-def _pyramid_gauss(img: np.ndarray, sigma_px: float) -> tuple[np.ndarray, int]:
+def _pyramid_gauss(img: np.ndarray, sigma_px: float, min_level_sigma: float = 1.5) -> tuple[np.ndarray, int]:
     """Gaussian smoothing at ``sigma_px`` (px), on a 2^k-binned copy while the sigma left there stays
-    >= 1.5 px: returns (smoothed image at the coarse level, binning factor)."""
+    >= ``min_level_sigma`` px: returns (smoothed image at the coarse level, binning factor)."""
     f = 1
     base = img
-    while sigma_px / f >= 3.0 and min(base.shape) >= 8:
+    while sigma_px / (2 * f) >= min_level_sigma and min(base.shape) >= 8:
         base = _bin2(base)
         f *= 2
     s = np.sqrt(max(sigma_px**2 - (f * f - 1) / 12.0, 0.0)) / f  # a box of f px adds (f²-1)/12 px²
     return _gauss(base, s), f
 
 
-def pixel_features(h: np.ndarray, e: np.ndarray, od: np.ndarray, mpp: float,
+def _derivative_features(g: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scale-normalised gradient magnitude x s, Laplacian x s² and Hessian anisotropy x s² of a
+    smoothed image (central differences, per px of its level; zero on the outermost pixels)."""
+    c = g[1:-1, 1:-1]
+    gy = np.zeros_like(g)
+    gx = np.zeros_like(g)
+    np.subtract(g[2:, 1:-1], g[:-2, 1:-1], out=gy[1:-1, 1:-1])
+    np.subtract(g[1:-1, 2:], g[1:-1, :-2], out=gx[1:-1, 1:-1])
+    grad = np.hypot(gy, gx)
+    grad *= np.float32(0.5 * s)
+    gyy = gy  # reuse the buffers: second derivatives
+    np.add(g[2:, 1:-1], g[:-2, 1:-1], out=gyy[1:-1, 1:-1])
+    gyy[1:-1, 1:-1] -= c
+    gyy[1:-1, 1:-1] -= c
+    gxx = gx
+    np.add(g[1:-1, 2:], g[1:-1, :-2], out=gxx[1:-1, 1:-1])
+    gxx[1:-1, 1:-1] -= c
+    gxx[1:-1, 1:-1] -= c
+    gxy = np.zeros_like(g)
+    np.add(g[2:, 2:], g[:-2, :-2], out=gxy[1:-1, 1:-1])
+    gxy[1:-1, 1:-1] -= g[2:, :-2]
+    gxy[1:-1, 1:-1] -= g[:-2, 2:]
+    lap = gyy + gxx
+    lap *= np.float32(s * s)
+    gyy -= gxx
+    gyy *= np.float32(0.5)
+    gxy *= np.float32(0.25)
+    aniso = np.hypot(gyy, gxy)
+    aniso *= np.float32(s * s)
+    return grad, lap, aniso
+
+
+def pixel_features(h: np.ndarray, e: np.ndarray, mpp: float,
                    h_scales_um: tuple[float, ...], ctx_scales_um: tuple[float, ...]) -> np.ndarray:
     """Filter bank (features, pixels) float32: per H scale s (µm) the Gaussian-smoothed H (OD), its
     gradient magnitude x s, Laplacian x s² and Hessian anisotropy x s² (scale-normalised, OD); per
-    context scale the smoothed E and total OD.  Scales in µm, so 20x and 40x give the same features."""
+    context scale the smoothed E (OD).  Scales in µm, so 20x and 40x tiles give the same features;
+    large scales are computed on binned copies and linearly upsampled."""
     shape = h.shape
-    out = np.empty((4 * len(h_scales_um) + 2 * len(ctx_scales_um), h.size), np.float32)
+    out = np.empty((4 * len(h_scales_um) + len(ctx_scales_um), h.size), np.float32)
     k = 0
     for s_um in h_scales_um:
         g, f = _pyramid_gauss(h, s_um / mpp)
-        s = np.float32(s_um / mpp / f)  # sigma in px of this level: derivatives per level px
-        p = np.pad(g, 1, mode="edge")
-        gy = p[2:, 1:-1] - p[:-2, 1:-1]
-        gx = p[1:-1, 2:] - p[1:-1, :-2]
-        gyy = p[2:, 1:-1] + p[:-2, 1:-1]
-        gyy -= 2 * g
-        gxx = p[1:-1, 2:] + p[1:-1, :-2]
-        gxx -= 2 * g
-        gxy = p[2:, 2:] + p[:-2, :-2]
-        gxy -= p[2:, :-2]
-        gxy -= p[:-2, 2:]
-        grad = np.hypot(gy, gx)
-        grad *= np.float32(0.5) * s
-        lap = gyy + gxx
-        lap *= s * s
-        gyy -= gxx
-        aniso = np.hypot(np.float32(0.5) * gyy, np.float32(0.25) * gxy)
-        aniso *= s * s
-        for feat in (g, grad, lap, aniso):
+        for feat in (g,) + _derivative_features(g, s_um / mpp / f):
             out[k] = _upsample(feat, f, shape).ravel()
             k += 1
     for s_um in ctx_scales_um:
-        for img in (e, od):
-            g, f = _pyramid_gauss(img, s_um / mpp)
-            out[k] = _upsample(g, f, shape).ravel()
-            k += 1
+        g, f = _pyramid_gauss(e, s_um / mpp, 0.75)
+        out[k] = _upsample(g, f, shape).ravel()
+        k += 1
     return out
 
 
-def _stain_images(rgb: np.ndarray, h: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """H (given or Ruifrok), E and total OD (sum over channels) of an RGB uint8 tile, float32 OD."""
-    from .stain import _OD_LUT, _RUIFROK_TABLES, _unmix
+def _stain_images(rgb: np.ndarray, h: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """H (given, or Ruifrok deconvolution) and E images of an RGB uint8 tile, float32 OD."""
+    from .stain import _RUIFROK_TABLES, _unmix
 
     if h is None:
         h = _unmix(rgb, _RUIFROK_TABLES, 0)
-    e = _unmix(rgb, _RUIFROK_TABLES, 1)
-    od = np.take(_OD_LUT, rgb[..., 0])
-    od += np.take(_OD_LUT, rgb[..., 1])
-    od += np.take(_OD_LUT, rgb[..., 2])
-    return h, e, od
+    return h, _unmix(rgb, _RUIFROK_TABLES, 1)
 
 
 def _model_logits(rgb: np.ndarray, h: np.ndarray | None, mpp: float, model: PixelModel) -> np.ndarray:
     """Logits (2, rows, cols) float32 of nucleus and nucleus-interior for every pixel."""
-    hh, e, od = _stain_images(rgb, h)
-    x = pixel_features(hh, e, od, mpp, model.h_scales_um, model.ctx_scales_um)
-    hidden = model.w1 @ x
-    hidden += model.b1
-    np.maximum(hidden, 0.0, out=hidden)
-    z = model.w2 @ hidden
+    hh, e = _stain_images(rgb, h)
+    x = pixel_features(hh, e, mpp, model.h_scales_um, model.ctx_scales_um)
+    z = np.empty((2, x.shape[1]), np.float32)
+    step = 8192  # pixels per block: the hidden activations stay in cache
+    hidden = np.empty((model.w1.shape[0], min(step, x.shape[1])), np.float32)
+    for i in range(0, x.shape[1], step):
+        block = x[:, i : i + step]
+        hb = hidden[:, : block.shape[1]]
+        np.matmul(model.w1, block, out=hb)
+        hb += model.b1
+        np.maximum(hb, 0.0, out=hb)
+        np.matmul(model.w2, hb, out=z[:, i : i + step])
     z += model.b2
     return z.reshape((2,) + hh.shape)
 
@@ -527,8 +550,17 @@ def _max_clustering(resp: np.ndarray, mask: np.ndarray, radius_px: float) -> np.
     return out.reshape(rows, cols)
 
 
-def _lmc(h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
+def _lmc(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
     """Local-maximum clustering of the H image (see module doc); labels before size filtering."""
+    if cfg.foreground == "model":
+        fg, interior = _model_foreground(rgb, h, mpp, cfg)
+        if not fg.any():
+            return np.zeros(h.shape, dtype=np.int32)
+        # blob response (µm): smoothed distance to background plus the smoothed interior probability
+        resp = _gauss(_distance(fg, mpp), 0.5 * cfg.response_smooth * cfg.nucleus_radius_um / np.sqrt(2.0) / mpp)
+        if cfg.interior_weight:
+            resp += np.float32(cfg.interior_weight) * _gauss(interior, 0.5 / mpp)
+        return _max_clustering(resp, fg, cfg.seed_radius_um / mpp)
     hs = _gauss(h, cfg.smooth_sigma_um / mpp)
     fg = _foreground(hs, mpp, cfg)
     if not fg.any():
@@ -537,11 +569,13 @@ def _lmc(h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
     return _max_clustering(resp, fg, cfg.seed_radius_um / mpp)
 
 
-def _classic_watershed(h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
+def _classic_watershed(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
     """Marker-controlled watershed: seeds at prominent maxima of the smoothed distance transform of
-    the foreground, flooding the negated distance inside the foreground (skimage watershed)."""
-    hs = _gauss(h, cfg.smooth_sigma_um / mpp)
-    fg = _foreground(hs, mpp, cfg)
+    the foreground (model or threshold), flooding the negated distance inside it (skimage watershed)."""
+    if cfg.foreground == "model":
+        fg = _model_foreground(rgb, h, mpp, cfg)[0]
+    else:
+        fg = _foreground(_gauss(h, cfg.smooth_sigma_um / mpp), mpp, cfg)
     if not fg.any():
         return np.zeros(h.shape, dtype=np.int32)
     dist = _gauss(_distance(fg, mpp), 0.25 * cfg.nucleus_radius_um / mpp)
@@ -654,9 +688,9 @@ def segment_nuclei(
         if h.shape != rgb.shape[:2]:
             raise UserError(f"segment_nuclei: H image shape {h.shape} does not match the tile {rgb.shape[:2]}")
     if method == "lmc":
-        lab = _lmc(h, mpp, cfg)
+        lab = _lmc(rgb, h, mpp, cfg)
     elif method == "watershed":
-        lab = _classic_watershed(h, mpp, cfg)
+        lab = _classic_watershed(rgb, h, mpp, cfg)
     else:
         lab = _deep(rgb, mpp, cfg, weights)
     px = mpp * mpp
