@@ -30,11 +30,12 @@ def run(tmp_path_factory):
         import contextlib
         import io
 
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
+        buf, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
             rc = main([str(a) for a in argv])
         out[name] = buf.getvalue()
-        assert rc == 0, f"napari-lnm {argv[0]} exited {rc}:\n{out[name]}"
+        last_err = (err.getvalue().replace("\r", "\n").strip().splitlines() or [""])[-1]
+        assert rc == 0, f"napari-lnm {argv[0]} exited {rc}:\n{out[name]}\n{last_err}"
 
     cohort = root / "cohort"
     cli("synth", "synth", cohort, "--n-slides", 8, "--size", "512x512", "--seed", 3)

@@ -377,3 +377,16 @@ def test_features_folder_from_extract(tmp_path):
     with pytest.raises(CohortError, match="256 px"):
         train_subtype(tmp_path / "f", no_path, None, epochs=1, input_size=32, val_fraction=0,
                       tiling_config=tiling.TilingConfig(tile_size=512))
+
+
+def test_split_keeps_a_patients_slides_together():
+    from napari_lnm.subtype import split_slides
+
+    ids = [f"s{i}" for i in range(12)]
+    labels = ["CMS1"] * 6 + ["CMS2"] * 6
+    groups = [f"p{i // 2}" for i in range(12)]  # two slides per patient
+    for seed in range(5):
+        train, val = split_slides(ids, labels, 0.34, seed, groups=groups)
+        assert sorted(train + val) == sorted(ids) and val
+        pat = dict(zip(ids, groups))
+        assert not ({pat[s] for s in train} & {pat[s] for s in val})

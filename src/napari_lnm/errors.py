@@ -17,6 +17,10 @@ class SlideError(UserError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):
+        """Rebuild from (path, problem) so the error crosses process boundaries (process pools, Dask)."""
+        return (type(self), (self.path, self.problem))
+
 
 class CohortError(UserError):
     """A cohort CSV or features folder that cannot be used."""

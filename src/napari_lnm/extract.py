@@ -16,6 +16,7 @@ which makes the results identical whichever executor ran them.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import concurrent.futures.process  # noqa: F401  (cf.process.BrokenProcessPool)
 import contextlib
 import csv
 import hashlib

@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"napari-lnm {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. --out under an existing file, disk full, permission denied
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"napari-lnm {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, Cancelled):
         print(f"napari-lnm {args.command}: cancelled; finished outputs were kept", file=sys.stderr)
         return 130

@@ -264,28 +264,33 @@ def load_tile_sets(tiles_source: Any, cohort: Any, input_size: int = 128, max_ti
 
 
 def split_slides(slide_ids: Sequence[str], labels: Sequence[str], val_fraction: float = 0.25,
-                 seed: int = 0) -> tuple[list[str], list[str]]:
+                 seed: int = 0, groups: Optional[Sequence[str]] = None) -> tuple[list[str], list[str]]:
     """Split slides (never tiles) into train / validation, stratified by subtype, deterministic in ``seed``.
 
-    Each subtype with at least two slides gives ``max(1, round(n * val_fraction))`` (at most n-1)
-    slides to validation; a subtype with one slide stays in training.
+    Each subtype with at least two units gives ``max(1, round(n * val_fraction))`` (at most n-1)
+    units to validation; a subtype with one unit stays in training.  A unit is a slide, or, when
+    ``groups`` (e.g. ``patient_id``) is given, all slides of one patient, so a patient's slides
+    never sit on both sides (a patient is stratified by its first slide's subtype).
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    ids = np.asarray(slide_ids, dtype=object)
-    labs = np.asarray(labels, dtype=object)
+    ids = [str(s) for s in slide_ids]
+    labs = [str(x) for x in labels]
+    units = ids if groups is None else [str(g) for g in groups]
+    unit_label: dict[str, str] = {}
+    for u, lab in zip(units, labs):
+        unit_label.setdefault(u, lab)
     rng = np.random.default_rng(seed)
-    val: list[str] = []
+    val_units: set[str] = set()
     if val_fraction > 0:
-        for lab in sorted(set(labs.tolist())):
-            members = sorted(ids[labs == lab].tolist())
+        for lab in sorted(set(unit_label.values())):
+            members = sorted(u for u, v in unit_label.items() if v == lab)
             if len(members) < 2:
                 continue
             k = min(len(members) - 1, max(1, int(round(len(members) * val_fraction))))
-            val += [members[j] for j in rng.permutation(len(members))[:k]]
-    val_set = set(val)
-    train = [s for s in ids.tolist() if s not in val_set]
-    return train, [s for s in ids.tolist() if s in val_set]
+            val_units.update(members[j] for j in rng.permutation(len(members))[:k])
+    train = [s for s, u in zip(ids, units) if u not in val_units]
+    return train, [s for s, u in zip(ids, units) if u in val_units]
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -410,7 +415,13 @@ def train_subtype(tiles_source: Any, cohort: Any, out_dir: Optional[str | Path] 
         tiles, df = load_tile_sets(tiles_source, cohort, size, max_tiles_per_slide, tiling_config, seed, cache_dir,
                                    progress=progress, should_stop=should_stop)
         label_of = dict(zip(df["slide_id"], df["subtype"]))
-        train_ids, val_ids = split_slides(df["slide_id"].tolist(), df["subtype"].tolist(), val_fraction, seed)
+        groups = None
+        if "patient_id" in df.columns:  # a slide without a patient id is its own patient
+            pid = df["patient_id"].astype(object).where(df["patient_id"].notna(), None)
+            groups = [str(p) if p is not None and str(p).strip() else f"slide:{s}"
+                      for p, s in zip(pid, df["slide_id"])]
+        train_ids, val_ids = split_slides(df["slide_id"].tolist(), df["subtype"].tolist(), val_fraction, seed,
+                                          groups=groups)
         if not train_ids:
             raise CohortError("no training slides left after the validation split")
         x_train = torch.from_numpy(np.concatenate([tiles[s] for s in train_ids]))
