@@ -459,7 +459,7 @@ def _float_prob(p: Any) -> float:
 #: start-up, ~1-3 s of spawn + imports on a cold pool, would cost more than it saves).
 MIN_PARALLEL_TILES = 16
 #: Most tiles per worker task (smaller chunks: smoother progress, better load balance at the end).
-CHUNK_TILES = 8
+CHUNK_TILES = 4
 
 _POOL_LOCK = threading.Lock()
 _IDLE_POOL: Any = None  # an extract._Pool kept warm between runs (shut down at exit)
@@ -469,6 +469,17 @@ _ATEXIT = False
 def default_workers() -> int:
     """Worker processes the CLI and the napari widget use by default: min(2, CPU count)."""
     return max(1, min(2, os.cpu_count() or 1))
+
+
+def _one_blas_thread():
+    """Context limiting BLAS/OpenMP to one thread, as in the workers (multi-threaded BLAS changes last bits)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
 
 
 def _tile_segments(ta: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -746,8 +757,9 @@ def predict_slide(
             feats, analyses, segments = _analyse_parallel(par_path, float(slide.mpp), xs, ys, config, keep_images,
                                                           min(workers, n), progress, should_stop)
         else:
-            feats, analyses, segments = _analyse_tiles(slide, xs, ys, config, keep_images, should_stop, progress,
-                                                       total=n)
+            with _one_blas_thread():  # as in the worker processes: bit-identical features either way
+                feats, analyses, segments = _analyse_tiles(slide, xs, ys, config, keep_images, should_stop,
+                                                           progress, total=n)
         timings["features_s"] = time.perf_counter() - t1
         timings["workers"] = min(workers, n) if par_path is not None else 1
         table = tiles.reset_index(drop=True).copy()

@@ -27,8 +27,8 @@ class LayerData:
     top_features: list[tuple[str, float]] = field(default_factory=list)
     h_limits: tuple[float, float] = (0.0, 1.0)  # display contrast limits of the H / E mosaics (OD)
     e_limits: tuple[float, float] = (0.0, 1.0)
-    subtype_tiles: Optional[pd.DataFrame] = None  # per-tile subtype vote (x, y, size level-0 px); None: no subtype model
-    subtype_routing: dict = field(default_factory=dict)  # the bundle's subtype -> model note ("pooled (only 3 slides…)")
+    subtype_tiles: Optional[pd.DataFrame] = None  # per-tile subtype votes (x, y, size level-0 px); None: no CNN
+    subtype_routing: dict = field(default_factory=dict)  # bundle's subtype -> model note, "pooled (only 3 slides…)"
 
 
 def contrast_limits(img: np.ndarray, q: float = 99.5, max_samples: int = 1_000_000) -> tuple[float, float]:
@@ -104,6 +104,9 @@ def build_layer_data(pred: Any, bundle: Any, mpp0: float, work_mpp: float, graph
         xs, ys, sizes, an = zip(*items)
         mosaic = build_mosaic(xs, ys, sizes, [a.h for a in an], [a.e for a in an], [a.labels for a in an],
                               mpp0, work_mpp)
+        # segments predict_slide already computed (in its worker processes), keyed by TileAnalysis identity
+        known = ({id(a): sg for a, sg in zip(pred.analyses, getattr(pred, "graph_segments", None) or [])}
+                 if graph_fn is None else {})
         if graph_fn is None:
             from napari_lnm.features.graph import graph_segments as graph_fn
         for x, y, _s, a in items:
@@ -112,7 +115,7 @@ def build_layer_data(pred: Any, bundle: Any, mpp0: float, work_mpp: float, graph
             c = np.asarray(a.centroids, float).reshape(-1, 2)
             if len(c) < 3 or (n_vor >= MAX_SEGMENTS and n_del >= MAX_SEGMENTS):
                 continue
-            v, d = graph_fn(c, np.asarray(a.labels).shape)
+            v, d = known[id(a)] if id(a) in known else graph_fn(c, np.asarray(a.labels).shape)
             v, d = np.asarray(v, float).reshape(-1, 2, 2), np.asarray(d, float).reshape(-1, 2, 2)
             if len(v) and n_vor < MAX_SEGMENTS:
                 vor.append(segments_to_vectors(tile_to_level0(v, x, y, mpp0, work_mpp)))

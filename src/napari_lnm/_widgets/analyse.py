@@ -367,11 +367,12 @@ class AnalyseWidget(QWidget):
 
         def job(progress, should_stop):
             from napari_lnm.io import open_slide
-            from napari_lnm.pipeline import predict_slide
+            from napari_lnm.pipeline import default_workers, predict_slide
 
             with open_slide(path, mpp=mpp0) as slide:
                 pred = predict_slide(slide, bundle, rois=rois, config=config, keep_images=True,
-                                     subtype_model=subtype_model, progress=progress, should_stop=should_stop)
+                                     subtype_model=subtype_model, progress=progress, should_stop=should_stop,
+                                     workers=default_workers())
                 real_mpp0 = float(slide.mpp)
             progress(0, 0, "building layers")
             t0 = time.perf_counter()
@@ -536,7 +537,8 @@ class AnalyseWidget(QWidget):
                 v.layers.remove("key tiles")
             v.layers.selection.active = v.layers["key tiles"] if "key tiles" in v.layers else None
 
-        steps += [key_layer, lambda: self._show_chart(data.top_features), lambda: self._show_subtype(pred, data.subtype_routing)]
+        steps += [key_layer, lambda: self._show_chart(data.top_features),
+                  lambda: self._show_subtype(pred, data.subtype_routing)]
         return steps
 
     def show_result(self, pred: Any, data: LayerData, slide_layer, mpp0: float) -> None:
@@ -594,7 +596,7 @@ class AnalyseWidget(QWidget):
             self.subtype_label.setStyleSheet(
                 f"font-size: 14pt; font-weight: bold; color: {subtype_colour(sub['subtype'])};")
             self.subtype_chart.show_counts(names, counts, [subtype_colour(n) for n in names],
-                                           highlight=str(sub["subtype"]), title="H tiles per subtype (vote)")
+                                           highlight=str(sub["subtype"]), title="Tile votes per subtype (H counts)")
             self.subtype_chart.setVisible(True)
         else:
             self.subtype_chart.clear()

@@ -138,7 +138,7 @@ def run(args) -> int:
 
     from napari_lnm._atomic import atomic_path
     from napari_lnm.model import ModelBundle
-    from napari_lnm.pipeline import Prediction, predict_slide, tiling_config_for
+    from napari_lnm.pipeline import Prediction, default_workers, predict_slide, tiling_config_for
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
@@ -146,6 +146,9 @@ def run(args) -> int:
         raise UserError(f"--key-tiles must be 0 or more, got {args.key_tiles}")
     if args.mpp is not None and not args.mpp > 0:
         raise UserError(f"--mpp must be a positive number of µm per pixel, got {args.mpp}")
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     jobs = _jobs(args)
     bundle = ModelBundle.load(args.model)
     config = tiling_config_for(bundle, max_tiles=args.max_tiles, seed=args.seed, min_tissue=args.min_tissue)
@@ -173,7 +176,7 @@ def run(args) -> int:
         try:
             pred = predict_slide(job["path"], bundle, rois=job["roi"], config=config, mpp=args.mpp,
                                  subtype_model=subtype_model, top_k=args.top_k, n_key_tiles=args.key_tiles,
-                                 slide_id=job["slide_id"], progress=bar)
+                                 slide_id=job["slide_id"], progress=bar, workers=workers)
         except UserError as exc:
             bar.close()
             if not batch:
@@ -215,6 +218,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--subtype-model", metavar="DIR", help="CNN subtype model: route the slide to its subtype's model")
     p.add_argument("--top-k", type=int, default=10, help="number of top features reported (default 10)")
     p.add_argument("--key-tiles", type=int, default=10, help="number of key tiles (default 10)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes for the tile features (default: min(2, CPU count); "
+                        "slides with fewer than 16 tiles run in one process)")
     p.add_argument("--force", action="store_true", help="batch: redo slides that already have a result")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
