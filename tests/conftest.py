@@ -24,3 +24,12 @@ def nuclei_dev() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data/nuclei-dev not present")
     return path
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the warm prediction worker pool so the test process exits promptly."""
+    import sys
+
+    pipeline = sys.modules.get("napari_lnm.pipeline")
+    if pipeline is not None and hasattr(pipeline, "shutdown_pool"):
+        pipeline.shutdown_pool()

@@ -10,6 +10,7 @@ asked, the per-tile images (H, E, labels, centroids) for display.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import json
 import math
@@ -518,16 +519,33 @@ def _analyse_tiles(slide: Any, xs: Sequence[int], ys: Sequence[int], config: Any
     return feats, analyses, segments
 
 
-def _analyse_chunk(path: str, mpp: float, xs: np.ndarray, ys: np.ndarray, config: Any,
-                   keep_images: bool) -> tuple[np.ndarray, Optional[list], Optional[list]]:
-    """Worker-process task: open the slide (level-0 ``mpp`` µm/px) and analyse the tiles at level-0 (xs, ys)."""
+@dataclass(frozen=True)
+class _StopFile:
+    """Picklable ``should_stop`` for worker processes: true once the file ``path`` exists."""
+
+    path: str
+
+    def __call__(self) -> bool:
+        return os.path.exists(self.path)
+
+
+def _analyse_chunk(path: str, mpp: float, xs: np.ndarray, ys: np.ndarray, config: Any, keep_images: bool,
+                   stop: Optional[_StopFile] = None) -> tuple[np.ndarray, Optional[list], Optional[list]]:
+    """Worker-process task: open the slide (level-0 ``mpp`` µm/px) and analyse the tiles at level-0 (xs, ys).
+
+    Raises Cancelled between tiles (and before sending results back) once ``stop`` is true.
+    """
     from napari_lnm.extract import _limit_threads, extract_tiles
     from napari_lnm.io import open_slide
 
+    check_stop(stop)
     if not keep_images:  # the same task function as cohort extraction
-        return extract_tiles(path, xs, ys, config, mpp, limit_threads=True), None, None
-    with _limit_threads(), open_slide(path, mpp=mpp) as slide:
-        return _analyse_tiles(slide, xs, ys, config, True)
+        out = extract_tiles(path, xs, ys, config, mpp, limit_threads=True, should_stop=stop), None, None
+    else:
+        with _limit_threads(), open_slide(path, mpp=mpp) as slide:
+            out = _analyse_tiles(slide, xs, ys, config, True, should_stop=stop)
+    check_stop(stop)
+    return out
 
 
 def _checkout_pool(workers: int):
@@ -538,7 +556,7 @@ def _checkout_pool(workers: int):
     with _POOL_LOCK:
         pool, _IDLE_POOL = _IDLE_POOL, None
         if not _ATEXIT:
-            atexit.register(shutdown_pool)
+            _register_exit_hook()
             _ATEXIT = True
     if pool is not None and pool.workers == workers and not getattr(pool.ex, "_broken", False):
         return pool
@@ -579,13 +597,50 @@ def _kill_pool(pool: Any, timeout: float = 2.0) -> None:
             pass
 
 
+#: Seconds a stopped run waits for its running chunks to quit at a tile boundary before killing the workers.
+STOP_GRACE_S = 1.0
+
+
+def _stop_workers(pending: dict, stop: _StopFile) -> bool:
+    """Cancel queued futures, raise the stop file, wait ≤ STOP_GRACE_S for running ones; True if all ended."""
+    import concurrent.futures as cf
+
+    for fut in pending:
+        fut.cancel()
+    try:
+        with open(stop.path, "w", encoding="utf-8"):
+            pass
+    except OSError:  # no writable temp folder: the caller terminates the workers
+        return False
+    _, not_done = cf.wait(list(pending), timeout=STOP_GRACE_S)
+    return not not_done
+
+
 def shutdown_pool() -> None:
     """Stop the warm worker processes kept by :func:`predict_slide` (also done at interpreter exit)."""
     global _IDLE_POOL
     with _POOL_LOCK:
         pool, _IDLE_POOL = _IDLE_POOL, None
-    if pool is not None:
+    if pool is None:
+        return
+    # graceful first: idle workers exit on their own; killing one mid-send could block the
+    # executor's reader thread for good (and with it interpreter exit)
+    t = threading.Thread(target=pool.ex.shutdown, kwargs={"wait": True, "cancel_futures": True}, daemon=True)
+    t.start()
+    t.join(5.0)
+    if t.is_alive():
         _kill_pool(pool)
+
+
+def _register_exit_hook() -> None:
+    """Shut the warm pool down at exit *before* concurrent.futures joins its threads (else atexit)."""
+    register = getattr(threading, "_register_atexit", None)  # runs before concurrent.futures' own hook
+    try:
+        if register is None:
+            raise AttributeError
+        register(shutdown_pool)
+    except (AttributeError, RuntimeError):
+        atexit.register(shutdown_pool)
 
 
 def _parallel_path(slide: Any) -> Optional[str]:
@@ -604,22 +659,28 @@ def _analyse_parallel(path: str, mpp: float, xs: np.ndarray, ys: np.ndarray, con
                       should_stop: Optional[StopFn]) -> tuple[np.ndarray, Optional[list], Optional[list]]:
     """:func:`_analyse_tiles` on ``workers`` processes in chunks; results in tile order.
 
-    Polls ``should_stop`` every 0.1 s; on a stop (or any error) the queued chunks are
-    cancelled and the worker processes are terminated at once, so Cancelled is raised
-    within a fraction of a second, whatever tile the workers were on.
+    Polls ``should_stop`` every 0.1 s.  On a stop (or an error) queued chunks are cancelled
+    and a stop file tells the running ones to quit at their next tile; the pool is kept
+    warm if they do so within ``STOP_GRACE_S``, else its processes are terminated.
+    (Terminating a worker while it sends a large result would leave the executor's
+    reader thread blocked for good, hence the cooperative stop first.)
     """
     import concurrent.futures as cf
+    import tempfile
+    import uuid
 
     from napari_lnm.extract import _chunk_bounds
 
     n = len(xs)
     bounds = _chunk_bounds(n, workers, CHUNK_TILES)
     pool = _checkout_pool(workers)
+    stop = _StopFile(os.path.join(tempfile.gettempdir(), f"napari-lnm-stop-{os.getpid()}-{uuid.uuid4().hex}"))
     results: dict[int, tuple] = {}
     done_tiles = 0
     ok = False
+    pending: dict = {}
     try:
-        pending = {pool.submit(_analyse_chunk, path, float(mpp), xs[a:b], ys[a:b], config, keep_images): k
+        pending = {pool.submit(_analyse_chunk, path, float(mpp), xs[a:b], ys[a:b], config, keep_images, stop): k
                    for k, (a, b) in enumerate(bounds)}
         while pending:
             check_stop(should_stop)
@@ -635,10 +696,12 @@ def _analyse_parallel(path: str, mpp: float, xs: np.ndarray, ys: np.ndarray, con
                 report(progress, done_tiles, n, f"analysing tile {done_tiles}/{n}")
         ok = True
     finally:
-        if ok:
+        if ok or _stop_workers(pending, stop):
             _return_pool(pool)
         else:
             _kill_pool(pool)
+        with contextlib.suppress(OSError):
+            os.remove(stop.path)
     feats = np.concatenate([results[k][0] for k in range(len(bounds))], axis=0)
     if not keep_images:
         return feats, None, None
