@@ -61,6 +61,10 @@ def test_predict_batch_summary_and_resume(assets, tmp_path, capsys):
     assert "already done" in capsys.readouterr().out
     assert os.stat(out / "slide_a" / "result.json").st_mtime_ns == stamp
     pd.testing.assert_frame_equal(pd.read_csv(out / "summary.csv"), summary)
+    # other settings (or another model): earlier results are not reused
+    assert main(args[:-1] + ["--top-k", "3", "--quiet"]) == 0
+    assert "redoing" in capsys.readouterr().out
+    assert os.stat(out / "slide_a" / "result.json").st_mtime_ns != stamp
 
 
 def test_predict_cohort_csv_reports_bad_slide(assets, tmp_path, capsys):

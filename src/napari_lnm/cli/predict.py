@@ -159,6 +159,7 @@ def run(args) -> int:
         subtype_model = SubtypeModel.load(args.subtype_model)
     out_root = Path(args.out)
     batch = len(jobs) > 1 or bool(args.cohort)
+    run_key = _run_key(args, config)
     rows, failed = [], []
     for k, job in enumerate(jobs):
         out = out_root / _safe(job["slide_id"]) if batch else out_root
@@ -166,9 +167,13 @@ def run(args) -> int:
         if batch and done.is_file() and not args.force:
             try:
                 pred = Prediction.load(out)
-                print(f"[{k + 1}/{len(jobs)}] {job['slide_id']}: already done (P = {pred.probability:.3f}), skipped")
-                rows.append(_summary_row(pred, job, out))
-                continue
+                if pred.model.get("run_key") == run_key:
+                    print(f"[{k + 1}/{len(jobs)}] {job['slide_id']}: already done (P = {pred.probability:.3f}), "
+                          "skipped")
+                    rows.append(_summary_row(pred, job, out))
+                    continue
+                print(f"[{k + 1}/{len(jobs)}] {job['slide_id']}: earlier result used another model or settings, "
+                      "redoing it")
             except UserError:
                 pass  # damaged result: redo it
         bar = TqdmProgress(desc=f"[{k + 1}/{len(jobs)}] {job['slide_id']}" if batch else job["slide_id"],
@@ -187,6 +192,10 @@ def run(args) -> int:
         finally:
             bar.close()
         pred.model.setdefault("path", str(args.model))
+        pred.model["run_key"] = run_key
+        if getattr(bundle, "clinical", None) is not None:
+            print(f"warning: {args.model} was trained with clinical columns; predict uses the image "
+                  "only and treats them as missing", file=sys.stderr)
         pred.save(out)
         print_prediction(pred, out)
         rows.append(_summary_row(pred, job, out))
@@ -196,6 +205,25 @@ def run(args) -> int:
             pd.DataFrame(rows).to_csv(tmp, index=False)
         print(f"{len(rows)} slide(s) predicted, {len(failed)} failed; summary: {summary}")
     return 1 if failed else 0
+
+
+def _run_key(args, config) -> str:
+    """Fingerprint of what decides a result: model files, subtype model files, tiling and options."""
+    import dataclasses
+    import hashlib
+    import json
+
+    h = hashlib.sha256()
+    for folder in (args.model, args.subtype_model):
+        if folder:
+            for f in sorted(Path(folder).rglob("*")):
+                if f.is_file():
+                    h.update(f.relative_to(folder).as_posix().encode())
+                    h.update(f.read_bytes())
+    opts = {"tiling": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else str(config),
+            "mpp": args.mpp, "top_k": args.top_k, "key_tiles": args.key_tiles}
+    h.update(json.dumps(opts, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
