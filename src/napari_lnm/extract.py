@@ -54,6 +54,22 @@ Rois = Union[None, str, os.PathLike, Sequence[np.ndarray]]
 
 
 # ----------------------------------------------------------------------------- cohort CSV
+def read_csv_strings(csv_path: str | os.PathLike, empty_hint: str = "") -> pd.DataFrame:
+    """Read a cohort-style CSV as strings (no NA guessing, stripped headers); CohortError naming the file."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise CohortError(f"{csv_path}: cohort CSV not found")
+    try:
+        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise CohortError(f"{csv_path}: cohort CSV is empty {empty_hint}".rstrip()) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        msg = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        raise CohortError(f"{csv_path}: not a readable CSV ({msg})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
 def read_cohort(csv_path: str | os.PathLike, check_files: bool = True) -> pd.DataFrame:
     """Read and validate a cohort CSV (slide_id, path, label[, subtype][, patient_id]; extra columns kept).
 
@@ -62,16 +78,7 @@ def read_cohort(csv_path: str | os.PathLike, check_files: bool = True) -> pd.Dat
     the CSV, the row (CSV line number) and the problem.
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise CohortError(f"{csv_path}: cohort CSV not found")
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise CohortError(f"{csv_path}: cohort CSV is empty (needs columns slide_id,path,label)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise CohortError(f"{csv_path}: not a readable CSV ({msg})") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_csv_strings(csv_path, "(needs columns slide_id,path,label)")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise CohortError(f"{csv_path}: missing column{'s' if len(missing) > 1 else ''} "

@@ -78,17 +78,11 @@ def _read_cohort(cohort: Any) -> pd.DataFrame:
     if isinstance(cohort, pd.DataFrame):
         df, name = cohort.reset_index(drop=True), "cohort table"
     else:
+        from napari_lnm.extract import read_csv_strings
+
         path = Path(cohort)
         name = str(path)
-        if not path.is_file():
-            raise CohortError(f"{path}: cohort CSV not found")
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-        except pd.errors.EmptyDataError:
-            raise CohortError(f"{path}: cohort CSV is empty") from None
-        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise CohortError(f"{path}: not a readable CSV ({str(exc).strip().splitlines()[-1][:200]})") from None
-        df.columns = [str(c).strip() for c in df.columns]
+        df = read_csv_strings(path)
         if "path" in df.columns:
             df["path"] = [p if not p or Path(p).is_absolute() else str(path.parent / p)
                           for p in df["path"].astype(str).str.strip()]
