@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _synthetic_tables import feature_tables
 
 pytest.importorskip("napari")
 pytest.importorskip("pytestqt")
@@ -19,33 +20,12 @@ MPP = 0.5
 RESULT_LAYERS = ("H", "E", "nuclei", "voronoi", "delaunay", "tiles", "key tiles")
 
 
-def _feature_tables(n_slides: int, n_tiles: int, seed: int):
-    """Synthetic per-tile feature tables whose nucleus features shift with the label (for a tiny real model)."""
-    from napari_lnm.features import feature_names
-
-    names = feature_names()
-    rng = np.random.default_rng(seed)
-    labels = np.array([i % 2 for i in range(n_slides)])
-    tables = []
-    for i, y in enumerate(labels):
-        base = rng.normal(size=(n_tiles, len(names)))
-        shift = np.array([0.8 * y if n.startswith(("nucleus.", "graph.")) else 0.0 for n in names])
-        df = pd.DataFrame(np.abs(base + shift) * 10 + 1, columns=names)
-        df.insert(0, "tissue_fraction", 1.0)
-        df.insert(0, "size", 256)
-        df.insert(0, "y", np.arange(n_tiles) * 256)
-        df.insert(0, "x", 0)
-        df.insert(0, "slide_id", f"s{i:02d}")
-        tables.append(df)
-    return tables, labels
-
-
 @pytest.fixture(scope="module")
 def bundle_dir(tmp_path_factory) -> Path:
     """A small XGBoost bundle trained here on synthetic feature tables (20x, 256-px tiles)."""
     from napari_lnm.model import TrainConfig, train_model
 
-    tables, labels = _feature_tables(12, 30, seed=1)
+    tables, labels = feature_tables(12, 30, seed=1)
     cfg = TrainConfig(cv=3, n_bootstrap=50, tiling={"magnification": 20.0, "tile_size": 256})
     bundle = train_model(tables, labels, cfg)
     return bundle.save(tmp_path_factory.mktemp("model") / "bundle")
@@ -91,7 +71,7 @@ def _result_layer_names(viewer):
 
 def test_analyse_shows_aligned_layers_inspect_and_export(make_napari_viewer, qtbot, slide_path, bundle_dir, tmp_path):
     viewer = make_napari_viewer()
-    slide = _open(viewer, slide_path)
+    _open(viewer, slide_path)
     w = _widget(viewer, bundle_dir)
     seen = []
     w.runner.progressed.connect(lambda d, t, m: seen.append((d, t)))
@@ -213,14 +193,19 @@ def test_run_twice_replaces_layers_and_roi_from_shapes(make_napari_viewer, qtbot
     assert roi in viewer.layers
 
 
-def test_cancel_stops_within_a_second(make_napari_viewer, qtbot, slide_path, bundle_dir):
-    viewer = make_napari_viewer()
-    _open(viewer, slide_path)
-    w = _widget(viewer, bundle_dir, max_tiles=16)
+def _start_and_wait_first_tile(qtbot, w) -> None:
+    """Press Run and wait until the progress bar has counted at least one tile."""
     progressed = []
     w.runner.progressed.connect(lambda d, t, m: progressed.append(d))
     assert w.run()
     qtbot.waitUntil(lambda: any(d >= 1 for d in progressed), timeout=60_000)
+
+
+def test_cancel_stops_within_a_second(make_napari_viewer, qtbot, slide_path, bundle_dir):
+    viewer = make_napari_viewer()
+    _open(viewer, slide_path)
+    w = _widget(viewer, bundle_dir, max_tiles=16)
+    _start_and_wait_first_tile(qtbot, w)
     t0 = time.perf_counter()
     w.cancel()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=5_000)
@@ -234,10 +219,7 @@ def test_removing_slide_layer_mid_run_stops_cleanly(make_napari_viewer, qtbot, s
     viewer = make_napari_viewer()
     slide = _open(viewer, slide_path)
     w = _widget(viewer, bundle_dir, max_tiles=16)
-    progressed = []
-    w.runner.progressed.connect(lambda d, t, m: progressed.append(d))
-    assert w.run()
-    qtbot.waitUntil(lambda: any(d >= 1 for d in progressed), timeout=60_000)
+    _start_and_wait_first_tile(qtbot, w)
     viewer.layers.remove(slide)
     _wait_done(qtbot, w, timeout=10_000)
     assert w.last_status in ("cancelled", "discarded")
@@ -248,10 +230,7 @@ def test_closing_viewer_mid_run_stops_worker(make_napari_viewer, qtbot, slide_pa
     viewer = make_napari_viewer()
     _open(viewer, slide_path)
     w = _widget(viewer, bundle_dir, max_tiles=16)
-    progressed = []
-    w.runner.progressed.connect(lambda d, t, m: progressed.append(d))
-    assert w.run()
-    qtbot.waitUntil(lambda: any(d >= 1 for d in progressed), timeout=60_000)
+    _start_and_wait_first_tile(qtbot, w)
     runner = w.runner
     viewer.close()
     assert not runner.running  # the close handler cancelled and joined the worker
@@ -277,7 +256,7 @@ def test_train_widget_cross_validates_and_saves(make_napari_viewer, qtbot, tmp_p
     from napari_lnm._widgets import TrainWidget
     from napari_lnm.model import ModelBundle
 
-    tables, labels = _feature_tables(10, 20, seed=5)
+    tables, labels = feature_tables(10, 20, seed=5)
     feats = tmp_path / "features"
     feats.mkdir()
     for tbl in tables:

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from _synthetic_tables import feature_tables
 
 pytest.importorskip("napari")  # importing napari_lnm._widgets loads the Qt widgets (no display needed)
 
@@ -91,26 +92,6 @@ def _gui():
     pytest.importorskip("torch")
 
 
-def _feature_tables(n_slides: int, n_tiles: int, seed: int):
-    """Per-tile feature tables whose nucleus/graph features shift with the label (a learnable tiny cohort)."""
-    from napari_lnm.features import feature_names
-
-    names = feature_names()
-    rng = np.random.default_rng(seed)
-    labels = np.array([i % 2 for i in range(n_slides)])
-    tables = []
-    for i, y in enumerate(labels):
-        shift = np.array([0.8 * y if n.startswith(("nucleus.", "graph.")) else 0.0 for n in names])
-        df = pd.DataFrame(np.abs(rng.normal(size=(n_tiles, len(names))) + shift) * 10 + 1, columns=names)
-        df.insert(0, "tissue_fraction", 1.0)
-        df.insert(0, "size", 256)
-        df.insert(0, "y", np.arange(n_tiles) * 256)
-        df.insert(0, "x", 0)
-        df.insert(0, "slide_id", f"s{i:02d}")
-        tables.append(df)
-    return tables, labels
-
-
 @pytest.fixture(scope="module")
 def routed_bundle(tmp_path_factory):
     """An XGBoost bundle with per-subtype models: CMS2 and CMS4 have their own, CMS1 and CMS3 fall back to pooled."""
@@ -118,7 +99,7 @@ def routed_bundle(tmp_path_factory):
     from napari_lnm.model import ModelBundle, TrainConfig, train_model
 
     subtypes = ["CMS2"] * 8 + ["CMS4"] * 8 + ["CMS1"] * 2 + ["CMS3"] * 2
-    tables, labels = _feature_tables(len(subtypes), 20, seed=1)
+    tables, labels = feature_tables(len(subtypes), 20, seed=1)
     cfg = TrainConfig(cv=3, n_bootstrap=20, per_subtype=True, min_subtype_slides=6,
                       tiling={"magnification": 20.0, "tile_size": 256})
     bundle = train_model(tables, labels, cfg, subtypes=subtypes)

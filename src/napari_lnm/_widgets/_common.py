@@ -325,6 +325,19 @@ class CloseWatcher(QObject):
 _SCRATCH: Optional[tempfile.TemporaryDirectory] = None
 
 
+def path_row(edit, on_browse: Callable[[], None]):
+    """A row holding ``edit`` and a narrow '…' button that calls ``on_browse`` (a file/folder picker)."""
+    from qtpy.QtWidgets import QHBoxLayout, QPushButton
+
+    row = QHBoxLayout()
+    button = QPushButton("…")
+    button.setFixedWidth(30)
+    button.clicked.connect(on_browse)
+    row.addWidget(edit)
+    row.addWidget(button)
+    return row
+
+
 def scratch_dir() -> Path:
     """A per-process temporary folder for in-memory images saved as files."""
     global _SCRATCH

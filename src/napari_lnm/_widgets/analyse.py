@@ -18,7 +18,7 @@ from napari_lnm.errors import ModelError, UserError
 from ._charts import ChartCanvas
 from ._common import (
     AUTO_TISSUE, AnalysisResult, CloseWatcher, Runner, add_roi_layer, layer_mpp, notify_error, replace_layer,
-    rois_from_shapes, scratch_dir, set_result, slide_file_for, slide_layers, unwrap_viewer,
+    path_row, rois_from_shapes, scratch_dir, set_result, slide_file_for, slide_layers, unwrap_viewer,
 )
 from ._layers import display_pyramid, square_corners
 from ._result import LayerData, build_layer_data
@@ -126,24 +126,12 @@ class AnalyseWidget(QWidget):
         roi_row.addWidget(self.roi_combo, 1)
         roi_row.addWidget(import_btn)
         form.addRow("ROI", roi_row)
-        model_row = QHBoxLayout()
         self.model_edit = QLineEdit(str(DEMO_MODEL) if DEMO_MODEL.is_dir() else "")
         self.model_edit.setPlaceholderText("model bundle folder")
-        browse = QPushButton("…")
-        browse.setFixedWidth(30)
-        browse.clicked.connect(self._browse_model)
-        model_row.addWidget(self.model_edit)
-        model_row.addWidget(browse)
-        form.addRow("Model", model_row)
-        sub_row = QHBoxLayout()
+        form.addRow("Model", path_row(self.model_edit, self._browse_model))
         self.subtype_edit = QLineEdit("")
         self.subtype_edit.setPlaceholderText("optional: subtype CNN folder (routes to per-subtype models)")
-        sub_browse = QPushButton("…")
-        sub_browse.setFixedWidth(30)
-        sub_browse.clicked.connect(self._browse_subtype)
-        sub_row.addWidget(self.subtype_edit)
-        sub_row.addWidget(sub_browse)
-        form.addRow("Subtype model", sub_row)
+        form.addRow("Subtype model", path_row(self.subtype_edit, self._browse_subtype))
         self.mag_combo = QComboBox()
         self.mag_combo.addItems([f"{m}x" for m in MAGNIFICATIONS])
         self.mag_combo.setCurrentText("20x")

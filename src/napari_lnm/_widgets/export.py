@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
 from napari_lnm._atomic import atomic_path, write_text_atomic
 from napari_lnm.errors import UserError
 
-from ._common import AnalysisResult, CloseWatcher, Runner, get_result, notify_error
+from ._common import AnalysisResult, CloseWatcher, Runner, get_result, notify_error, path_row
 from ._layers import square_corners, tile_to_level0
 from ._result import tile_analyses, top_features
 
@@ -139,13 +139,8 @@ class ExportWidget(QWidget):
         self.runner.progressed.connect(self._on_progress)
         self._watch = CloseWatcher(self, self.runner.detach)
         self.last_paths: dict[str, Path] = {}
-        row = QHBoxLayout()
         self.dir_edit = QLineEdit(str(Path.home()))
-        browse = QPushButton("…")
-        browse.setFixedWidth(30)
-        browse.clicked.connect(self._browse)
-        row.addWidget(self.dir_edit)
-        row.addWidget(browse)
+        row = path_row(self.dir_edit, self._browse)
         self.stem_edit = QLineEdit("lnm")
         self.export_btn = QPushButton("Export GeoJSON + JSON/CSV")
         self.export_btn.clicked.connect(self.export)

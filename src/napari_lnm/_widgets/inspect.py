@@ -61,7 +61,6 @@ def feature_table(bundle: Any, pred: Any, tile_index: int, k: int = 10) -> pd.Da
     dirs = _directions(bundle)
     rows, seen = [], set()
     for feat in slide_features(pred, k=4 * k):
-        name = feat
         if feat in seen or feat not in tiles.columns:
             continue
         seen.add(feat)

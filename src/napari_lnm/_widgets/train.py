@@ -14,7 +14,7 @@ from qtpy.QtWidgets import (
 from napari_lnm.errors import UserError
 
 from ._charts import ChartCanvas
-from ._common import CloseWatcher, Runner, notify_error
+from ._common import CloseWatcher, Runner, notify_error, path_row
 
 
 def train_job(cohort_csv: str, features_dir: str, out_dir: str, cv: int = 5, classifier: str = "xgboost",
@@ -112,10 +112,7 @@ class TrainWidget(QWidget):
         lay.addWidget(self.chart)
 
     def _path_row(self, form, label: str, file: bool) -> QLineEdit:
-        row = QHBoxLayout()
         edit = QLineEdit()
-        btn = QPushButton("…")
-        btn.setFixedWidth(30)
 
         def browse():
             if file:
@@ -125,10 +122,7 @@ class TrainWidget(QWidget):
             if p:
                 edit.setText(p)
 
-        btn.clicked.connect(browse)
-        row.addWidget(edit)
-        row.addWidget(btn)
-        form.addRow(label, row)
+        form.addRow(label, path_row(edit, browse))
         return edit
 
     def run(self) -> bool:
