@@ -100,9 +100,11 @@ def relabel_consecutive(labels: np.ndarray, min_px: int = 0, max_px: int | None 
     if max_px is not None:
         keep &= counts <= max_px
     keep[0] = False
+    if keep[1:].all():  # already 1..n, nothing dropped
+        return lab.astype(np.int32)
     lut = np.zeros(counts.size, dtype=np.int32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[lab]
+    return np.take(lut, lab)
 
 
 def _gauss(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -111,24 +113,56 @@ def _gauss(img: np.ndarray, sigma_px: float) -> np.ndarray:
     if sigma_px < 0.3:
         return img
     if sigma_px >= 0.65:
-        return ndi.gaussian_filter(img, sigma_px, truncate=2.5, mode="nearest")
+        if img.ndim != 2 or img.dtype != np.float32 or img.size == 0:
+            return ndi.gaussian_filter(img, sigma_px, truncate=2.5, mode="nearest")
+        # = ndi.gaussian_filter(img, sigma_px, truncate=2.5, mode="nearest"), bit for bit: the column
+        # pass (ndimage's slowest, strided) as whole-row float64 slices in ndimage's order of operations
+        # (centre tap, then symmetric pairs from the outside in), in cache-sized blocks of rows (no
+        # full-size float64 copy: fresh memory costs page faults); the row pass by ndimage, in place
+        r = int(2.5 * float(sigma_px) + 0.5)
+        x = np.arange(-r, r + 1)
+        wts = np.exp(-0.5 / (float(sigma_px) * float(sigma_px)) * x ** 2)
+        wts = wts / wts.sum()
+        n, m = img.shape
+        out = np.empty((n, m), dtype=np.float32)
+        block = max(8, 32768 // m)
+        src = np.empty((min(block, n) + 2 * r, m))  # a block of rows with r rows either side
+        acc = np.empty((min(block, n), m))
+        tmp = np.empty_like(acc)
+        for b0 in range(0, n, block):
+            b = min(block, n - b0)
+            p, a, t = src[:b + 2 * r], acc[:b], tmp[:b]
+            lo, hi = max(b0 - r, 0), min(b0 + b + r, n)  # rows inside the image; the rest replicate edges
+            p[lo - (b0 - r):hi - (b0 - r)] = img[lo:hi]
+            p[:lo - (b0 - r)] = img[0]
+            p[hi - (b0 - r):] = img[n - 1]
+            np.multiply(p[r:r + b], wts[r], out=a)
+            for j in range(r, 0, -1):
+                np.add(p[r - j:r - j + b], p[r + j:r + j + b], out=t)
+                t *= wts[r - j]
+                a += t
+            out[b0:b0 + b] = a
+        return ndi.correlate1d(out, wts, axis=1, output=out, mode="nearest")
     side = np.exp(-0.5 / sigma_px**2)
     c1 = np.float32(side / (1.0 + 2.0 * side))
     c0 = np.float32(1.0 / (1.0 + 2.0 * side))
-    out = img.astype(np.float32, copy=True)
+    src = np.asarray(img, dtype=np.float32)
+    out = src * c0
+    side_w = src * c1  # each neighbour's share, added in a fixed order: previous, next, edges
     for axis in (0, 1):
-        src = out.copy()
-        out *= c0
+        if axis:  # the second pass in place (two full-size arrays in all: fresh memory costs page faults)
+            np.multiply(out, c1, out=side_w)
+            out *= c0
         a = [slice(None)] * 2
         b = [slice(None)] * 2
         for lo, hi in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
             a[axis], b[axis] = lo, hi
-            out[tuple(a)] += c1 * src[tuple(b)]
+            out[tuple(a)] += side_w[tuple(b)]
         edge_lo = [slice(None)] * 2
         edge_hi = [slice(None)] * 2
         edge_lo[axis], edge_hi[axis] = slice(0, 1), slice(-1, None)
-        out[tuple(edge_lo)] += c1 * src[tuple(edge_lo)]
-        out[tuple(edge_hi)] += c1 * src[tuple(edge_hi)]
+        out[tuple(edge_lo)] += side_w[tuple(edge_lo)]
+        out[tuple(edge_hi)] += side_w[tuple(edge_hi)]
     return out
 
 
@@ -195,7 +229,9 @@ def _fill_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
     sizes = np.bincount(bg_lab.ravel())
     small = sizes <= max_px
     small[0] = False
-    return mask | small[bg_lab]
+    if not small.any():
+        return mask
+    return mask | np.take(small, bg_lab)
 
 
 def _foreground(hs: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
@@ -416,7 +452,9 @@ def _model_foreground(rgb: np.ndarray, h: np.ndarray | None, mpp: float,
 def _distance(mask: np.ndarray, mpp: float) -> np.ndarray:
     """Chessboard (chamfer) distance of mask pixels to the background, in µm; the blob response
     smooths it, and it is ~10x cheaper than the Euclidean transform (and scored as well)."""
-    return ndi.distance_transform_cdt(mask, metric="chessboard").astype(np.float32) * np.float32(mpp)
+    d = ndi.distance_transform_cdt(mask, metric="chessboard").astype(np.float32)
+    d *= np.float32(mpp)
+    return d
 
 
 def _laplace(img: np.ndarray) -> np.ndarray:
@@ -434,15 +472,19 @@ def _laplace(img: np.ndarray) -> np.ndarray:
     return out
 
 
-def _smooth_laplace(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Laplacian of the Gaussian-smoothed image (per px²); computed on a 2x2-binned copy when
-    sigma >= 2 px (the smoothing removes what binning loses) and repeated back to full size."""
+def _smooth_laplace(img: np.ndarray, sigma_px: float, full: bool = True) -> np.ndarray:
+    """Laplacian of the Gaussian-smoothed image (per full-resolution px²); computed on a 2x2-binned copy
+    when sigma >= 2 px (the smoothing removes what binning loses) and repeated back to full size
+    (``full=False``: returned binned when it was binned, so the caller can broadcast it)."""
     if sigma_px < 2.0:
         return _laplace(_gauss(img, sigma_px))
     rows, cols = img.shape
     small = _bin2(img)
     # a 2-px box has variance 1/4 px²; the rest of sigma is done at half resolution
-    lap = _laplace(_gauss(small, np.sqrt(sigma_px**2 - 0.25) / 2.0)) * np.float32(0.25)
+    lap = _laplace(_gauss(small, np.sqrt(sigma_px**2 - 0.25) / 2.0))
+    lap *= np.float32(0.25)
+    if not full:
+        return lap
     return np.repeat(np.repeat(lap, 2, axis=0), 2, axis=1)[:rows, :cols]
 
 
@@ -455,7 +497,13 @@ def _blob_response(hs: np.ndarray, fg: np.ndarray, mpp: float, cfg: NucleiConfig
     resp = _distance(fg, mpp)
     if cfg.log_weight:
         a = np.sqrt(max(sig * sig - s2 * s2 - s0_px * s0_px, 0.0))
-        resp -= np.float32(cfg.log_weight * cfg.nucleus_radius_um * sig * sig) * _smooth_laplace(hs, a)
+        rows, cols = resp.shape
+        lap = _smooth_laplace(hs, a, full=bool(rows % 2 or cols % 2))
+        lap *= np.float32(cfg.log_weight * cfg.nucleus_radius_um * sig * sig)
+        if lap.shape == resp.shape:
+            resp -= lap
+        else:  # binned: repeat the columns, subtract each such row from its two full-resolution rows
+            resp.reshape(rows // 2, 2, cols)[...] -= np.repeat(lap, 2, axis=1)[:, None, :]
     return _gauss(resp, s2)
 
 
@@ -489,59 +537,114 @@ def _watershed(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np
     return watershed(surface, markers=markers, mask=mask)
 
 
-def _max_clustering(resp: np.ndarray, mask: np.ndarray, radius_px: float) -> np.ndarray:
+#: the 8 neighbours (dy, dx) in raster order, and the lowest set bit of every byte (for _max_clustering)
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+_LOWEST_BIT = np.array([(b & -b).bit_length() - 1 if b else 0 for b in range(256)], dtype=np.intp)
+
+
+def _max_clustering(resp: np.ndarray, mask: np.ndarray, radius_px: float,
+                    dense: bool | None = None) -> np.ndarray:
     """Local-maximum clustering: every mask pixel climbs the response to a seed; labels 1..n (int32).
 
-    Each pixel points to its highest 8-neighbour (itself if none is higher) and pointer jumping finds
-    the local maximum it climbs to.  A local maximum is a seed when it is the highest pixel of its own
-    mask component within ``radius_px`` (square window); otherwise it points to that higher pixel and
-    its whole basin joins the seed reached from there.  All steps are gathers over the mask pixels
-    (no per-object loops).
+    Each pixel points to its highest 8-neighbour (the first in raster order; itself if none is higher)
+    and pointer jumping finds the local maximum it climbs to.  A local maximum is a seed when it is the
+    highest pixel of its own mask component within ``radius_px`` (square window); otherwise it points
+    to that higher pixel and its whole basin joins the seed reached from there.  All steps are array
+    operations (no per-object loops).  ``dense`` picks how the steepest neighbour is found (whole-image
+    slices, or gathers at the mask pixels; same result): by default dense when the mask covers >= 10 %.
     """
+    # (temporaries are dropped as soon as they are done with: fresh memory costs page faults)
+    mask = np.asarray(mask, dtype=bool)
     rows, cols = mask.shape
+    inside = np.flatnonzero(mask)  # the mask pixels (raster order); "compact" indices index this
+    n = inside.size
+    if n == 0:
+        return np.zeros((rows, cols), dtype=np.int32)
     w = cols + 2
-    padded = np.full((rows + 2, w), -np.inf, dtype=np.float32)
-    padded[1:-1, 1:-1][mask] = resp[mask]
-    flat = padded.ravel()
-    inside = np.flatnonzero(mask.ravel()).astype(np.int32)
-    idx = inside + (inside // cols) * 2 + (w + 1)  # the mask pixels' indices in the padded image
-    steps = np.array([0, -w - 1, -w, -w + 1, -1, 1, w - 1, w, w + 1], dtype=np.int32)  # self first:
-    best = idx + steps[np.argmax(flat[idx[None, :] + steps[:, None]], axis=0)]  # ties keep the pixel
-    parent = np.arange(flat.size, dtype=np.int32)
-    parent[idx] = best
-
-    def jump() -> np.ndarray:
-        cur = parent[idx]
-        while True:
-            nxt = parent[cur]
-            if np.array_equal(nxt, cur):
-                parent[idx] = cur
-                return cur
-            cur = parent[nxt]
-            parent[idx] = cur
-
-    jump()
-    roots = idx[best == idx]
-    # window test for every local maximum: gather its (2r+1)^2 neighbourhood (clipped to the image)
+    padded = np.full((rows + 2, w), -np.inf, dtype=np.float32)  # -inf outside the mask and the image
+    np.copyto(padded[1:-1, 1:-1], resp, where=mask)
+    if dense is None:
+        dense = n >= 0.1 * mask.size
+    if dense:
+        # the 3x3 maximum (separable), then bit k of `up` marks neighbour k (raster order) reaching
+        # it; the lowest set bit is the first highest neighbour, none when the pixel itself reaches it
+        rmax = np.maximum(padded[:-2], padded[2:])
+        np.maximum(rmax, padded[1:-1], out=rmax)
+        top3 = np.maximum(rmax[:, :-2], rmax[:, 2:])
+        np.maximum(top3, rmax[:, 1:-1], out=top3)
+        del rmax
+        views = [padded[1 + dy:rows + 1 + dy, 1 + dx:cols + 1 + dx] for dy, dx in _NEIGHBOURS]
+        up = np.zeros((rows, cols), dtype=np.uint8)
+        eq = np.empty((rows, cols), dtype=bool)
+        bit = eq.view(np.uint8)
+        for k, v in enumerate(views):
+            np.equal(v, top3, out=eq)
+            if k:
+                np.multiply(bit, np.uint8(1 << k), out=bit)  # (a uint8 multiply is SIMD, a shift is not)
+            np.bitwise_or(up, bit, out=up)
+        np.less(padded[1:-1, 1:-1], top3, out=eq)
+        np.multiply(up, bit, out=up)  # the pixel itself is highest: ties keep the pixel
+        offsets = np.array([0] + [dy * cols + dx for dy, dx in _NEIGHBOURS], dtype=np.intp)
+        lut = offsets[_LOWEST_BIT + 1]
+        lut[0] = 0
+        step = np.take(lut, up.ravel()[inside])
+        del top3, up, eq, bit
+    else:
+        # gathers at the mask pixels: a strictly higher neighbour replaces the best so far
+        flat = padded.ravel()
+        pidx = inside + (inside // cols) * 2 + (w + 1)  # the mask pixels' indices in the padded image
+        cur = flat[pidx]
+        step = np.zeros(n, dtype=np.intp)
+        for dy, dx in _NEIGHBOURS:
+            v = flat[pidx + (dy * w + dx)]
+            better = v > cur
+            np.copyto(cur, v, where=better)
+            np.copyto(step, dy * cols + dx, where=better)
+        del flat, pidx, cur, v, better
+    pos = np.empty(rows * cols, dtype=np.int32)  # image index -> compact index (mask pixels only)
+    pos[inside] = np.arange(n, dtype=np.int32)
+    parent = np.take(pos, inside + step)
+    while True:  # pointer jumping on the compact parent array
+        nxt = np.take(parent, parent)
+        if np.array_equal(nxt, parent):
+            break
+        parent = nxt
+    rc = np.flatnonzero(step == 0)  # compact indices of the local maxima
+    roots = inside[rc]
+    # window test for every local maximum: its (2r+1)^2 neighbourhood (clipped to the image)
     r = max(1, int(round(radius_px)))
     off = np.arange(-r, r + 1)
-    ry, rx = np.divmod(roots, w)
-    yy = np.clip(ry[:, None, None] + off[None, :, None], 1, rows)
-    xx = np.clip(rx[:, None, None] + off[None, None, :], 1, cols)
-    win = (yy * w + xx).reshape(roots.size, -1)
-    comp = np.zeros((rows + 2, w), dtype=np.int32)
-    comp[1:-1, 1:-1] = ndi.label(mask)[0]
-    comp = comp.ravel()
-    vals = np.where(comp[win] == comp[roots][:, None], flat[win], -np.inf)  # never across background
+    ry, rx = np.divmod(roots, cols)
+    yy = np.clip(ry[:, None, None] + off[None, :, None], 0, rows - 1)
+    xx = np.clip(rx[:, None, None] + off[None, None, :], 0, cols - 1)
+    win = (yy * cols + xx).reshape(roots.size, -1)
+    vals = padded.ravel()[(yy * w + xx + (w + 1)).reshape(roots.size, -1)]
+    del padded
     top = win[np.arange(roots.size), np.argmax(vals, axis=1)]
+    fail = np.flatnonzero(top != roots)
+    if fail.size:  # a higher pixel in the window: it counts only in the same mask component
+        comp = ndi.label(mask)[0].ravel()
+        wf = win[fail]
+        vf = np.where(comp[wf] == comp[roots[fail]][:, None], vals[fail], -np.inf)  # never across background
+        top[fail] = wf[np.arange(fail.size), np.argmax(vf, axis=1)]
+        del comp
     is_seed = top == roots  # the first highest pixel of its window (ties broken in raster order)
-    parent[roots[~is_seed]] = top[~is_seed]
-    final = jump()
-    seeds = roots[is_seed]
-    lut = np.zeros(flat.size, dtype=np.int32)
-    lut[seeds] = np.arange(1, seeds.size + 1, dtype=np.int32)
-    out = np.zeros(rows * cols, dtype=np.int32)
-    out[inside] = lut[final]
+    # a non-seed maximum joins the maximum reached from its higher pixel; chains end at seeds
+    ridx = np.zeros(n, dtype=np.int32)
+    ridx[rc] = np.arange(rc.size, dtype=np.int32)
+    join = np.arange(rc.size, dtype=np.int32)
+    ns = ~is_seed
+    join[ns] = ridx[parent[pos[top[ns]]]]
+    while True:
+        nxt = join[join]
+        if np.array_equal(nxt, join):
+            break
+        join = nxt
+    seed_lab = np.zeros(rc.size, dtype=np.int32)
+    seed_lab[is_seed] = np.arange(1, int(is_seed.sum()) + 1, dtype=np.int32)
+    out = pos  # (pos is done with: its memory becomes the label image)
+    out.fill(0)
+    out[inside] = seed_lab[join][ridx[parent]]
     return out.reshape(rows, cols)
 
 
@@ -561,6 +664,7 @@ def _lmc(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.nd
     if not fg.any():
         return np.zeros(h.shape, dtype=np.int32)
     resp = _blob_response(hs, fg, mpp, cfg, cfg.smooth_sigma_um / mpp)
+    del hs  # its memory serves the clustering's temporaries
     return _max_clustering(resp, fg, cfg.seed_radius_um / mpp)
 
 
