@@ -1,9 +1,14 @@
 """Per-tile feature speed (one core, 512x512 tiles at 20x) and morphology agreement with skimage.regionprops.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_features.py [--repeats N] [--figure docs/images/nuclei_voronoi.png]``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_features.py [--repeats N] [--tune-malloc] [--compare COMMIT]
+[--figure docs/images/nuclei_voronoi.png]``. ``--compare COMMIT`` also times the feature modules of an earlier
+git commit against the working tree on the same inputs (interleaved) and reports the largest difference.
 Speed: tiles of the bundled 20x SVS (0.499 µm/px); stages timed separately: median and minimum CPU
-time over repeats (the shared machine is noisy). Agreement: every
-label image of ../shared/data/nuclei-dev against ``skimage.measure.regionprops_table``.
+time over repeats (the shared machine is noisy). ``--tune-malloc`` first applies the glibc malloc
+settings that the extract / predict worker processes use (``napari_lnm.extract._tune_malloc``: freed
+multi-MB temporaries stay in the heap instead of being unmapped, so they cost no page faults when
+reused); without it every multi-MB temporary is a fresh mmap, which CPU time (user + system) includes.
+Agreement: every label image of ../shared/data/nuclei-dev against ``skimage.measure.regionprops_table``.
 Prints markdown tables.
 """
 
@@ -81,6 +86,79 @@ def bench_speed(repeats: int) -> None:
     print()
     print(f"ms per 512x512 tile at 0.499 µm/px, one core (OMP_NUM_THREADS=1): median (minimum) CPU time "
           f"of {repeats} runs; 'all features' = gradients + the three groups; 'segment' is napari_lnm.nuclei.")
+
+
+def _modules_at(commit: str):
+    """The feature modules (tile, nucleus, graph) as they were at a git ``commit`` of this repository."""
+    import subprocess
+    import sys
+    import types
+
+    mods = {}
+    for name in ("tile", "nucleus", "graph"):
+        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/napari_lnm/features/{name}.py"],
+                             check=True, capture_output=True, text=True).stdout
+        src = src.replace("from .catalog", "from napari_lnm.features.catalog")
+        src = src.replace("from .tile", f"from _bench_ref_{commit[:10]}_tile")
+        mod = types.ModuleType(f"_bench_ref_{commit[:10]}_{name}")
+        sys.modules[mod.__name__] = mod
+        exec(compile(src, f"{commit[:10]}:features/{name}.py", "exec"), mod.__dict__)
+        mods[name] = mod
+    return mods["tile"], mods["nucleus"], mods["graph"]
+
+
+def _all_features(t, n, g, h, e, lab, mpp) -> dict[str, float]:
+    """features_from_images with the given tile / nucleus / graph modules."""
+    gh, ge = t.gradient_magnitude(h, mpp), t.gradient_magnitude(e, mpp)
+    feats = t.tile_group_features(h, e, mpp, grads=(gh, ge))
+    tab = n.nucleus_table(lab, mpp, h, gh)
+    feats.update(n.nucleus_features(lab, mpp, table=tab))
+    feats.update(g.graph_features(tab.centroids, lab.shape, mpp))
+    return feats
+
+
+def bench_compare(commit: str, repeats: int) -> None:
+    """Table: 'all features' of the code at ``commit`` vs the working tree, interleaved, and their largest difference."""
+    from PIL import Image
+
+    from napari_lnm.nuclei import segment_nuclei
+
+    old = _modules_at(commit)
+    new = (T, N, G)
+    cases = []
+    for xy, rgb in zip(TILE_XY, read_tiles()):
+        h, e = separate(rgb)
+        cases.append((f"SVS {xy}", h, e, segment_nuclei(rgb, 0.499, h=h), 0.499))
+    for f in sorted(NUCLEI_DEV.glob("*.labels.png"))[::6]:  # nuclei-dev tiles with their expert labels (40x)
+        rgb = np.asarray(Image.open(str(f).replace(".labels.png", ".png")).convert("RGB"))
+        h, e = separate(rgb)
+        cases.append((f"nuclei-dev {f.name.split('.')[0]}", h, e, np.asarray(Image.open(f)).astype(np.int32), 0.25))
+    print(f"| tile | nuclei | all features at {commit[:10]} | all features now | speed-up | max rel. diff | NaN in the same places |")
+    print("|---|---|---|---|---|---|---|")
+    for name, h, e, lab, mpp in cases:
+        fo = lambda: _all_features(*old, h, e, lab, mpp)  # noqa: E731
+        fn = lambda: _all_features(*new, h, e, lab, mpp)  # noqa: E731
+        a, b = fo(), fn()
+        a, b = np.array([a[k] for k in a]), np.array([b[k] for k in a])
+        same_nan = bool(np.array_equal(np.isnan(a), np.isnan(b)))
+        ok = ~np.isnan(a) & ~np.isnan(b)
+        rel = np.abs(a[ok] - b[ok]) / np.maximum(np.abs(a[ok]), 1e-300)
+        rel[a[ok] == b[ok]] = 0.0
+        to, tn = [], []
+        for _ in range(repeats):
+            c0 = time.process_time()
+            fo()
+            c1 = time.process_time()
+            fn()
+            c2 = time.process_time()
+            to.append(c1 - c0)
+            tn.append(c2 - c1)
+        mo, mn = 1e3 * float(np.median(to)), 1e3 * float(np.median(tn))
+        print(f"| {name} | {int(len(np.unique(lab)) - (lab == 0).any())} | {mo:.1f} ({1e3 * min(to):.1f}) | "
+              f"{mn:.1f} ({1e3 * min(tn):.1f}) | {mo / mn:.2f}x | {rel.max() if rel.size else 0.0:.1e} | {same_nan} |")
+    print()
+    print(f"median (minimum) CPU ms of {repeats} interleaved runs (one warm-up each) of gradients + tile. + nucleus. + "
+          f"graph. on the same H, E and labels; relative differences over all {a.size} features.")
 
 
 def bench_agreement() -> None:
@@ -180,9 +258,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--figure", type=Path, default=None, help="also render the labels + Voronoi figure here")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--tune-malloc", action="store_true",
+                    help="apply the extract/predict workers' glibc malloc settings first (extract._tune_malloc)")
+    ap.add_argument("--compare", metavar="COMMIT", default=None,
+                    help="also time the feature modules of this git commit against the working tree and compare values")
     args = ap.parse_args()
+    if args.tune_malloc:
+        from napari_lnm.extract import _tune_malloc
+
+        _tune_malloc()
     if not args.skip_speed:
+        load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+        print(f"{time.strftime('%Y-%m-%d %H:%M %Z')}, load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, "
+              f"malloc: {'tuned as in extract workers' if args.tune_malloc else 'glibc defaults'}")
+        print()
         bench_speed(args.repeats)
+        print()
+    if args.compare:
+        bench_compare(args.compare, args.repeats)
         print()
     bench_agreement()
     if args.figure:

@@ -81,8 +81,9 @@ def features_from_images(
     labels = np.asarray(labels)
     if h.shape != labels.shape:
         raise UserError(f"labels shape {labels.shape} does not match the image shape {h.shape}")
-    gh = _tile.gradient_magnitude(h, mpp)
-    ge = _tile.gradient_magnitude(e, mpp)
+    # gradients into reused per-thread work arrays (they do not leave this function)
+    gh = _tile.gradient_magnitude(h, mpp, out=_tile._scratch("features_grad_h", h.size, np.float32).reshape(h.shape))
+    ge = _tile.gradient_magnitude(e, mpp, out=_tile._scratch("features_grad_e", e.size, np.float32).reshape(e.shape))
     feats = _tile.tile_group_features(h, e, mpp, grads=(gh, ge))
     table = _nucleus.nucleus_table(labels, mpp, h, gh)
     feats.update(_nucleus.nucleus_features(labels, mpp, table=table))

@@ -12,6 +12,7 @@ Centroids that coincide (to 1e-3 px) are merged. Fewer than 2 (or collinear) cen
 
 from __future__ import annotations
 
+import itertools
 
 import numpy as np
 from scipy import sparse
@@ -32,6 +33,7 @@ KNN = (1, 3, 5, 7)
 #: Radius (µm) of the proximity graph whose clustering coefficient is reported.
 CLUSTER_RADIUS_UM = 20.0
 _MERGE_PX = 1e-3  # centroids closer than this (px) are one point
+_BITSET_MAX_NODES = 4096  # clustering via adjacency bitsets up to this many nuclei (n²/8 bytes)
 _SIDE_STEP = 4.0  # px between samples of a tile side when deciding which points to mirror
 
 _MEASURES: list[tuple[str, str, str]] = [
@@ -64,21 +66,37 @@ CATALOG.append(
 
 def _unique_points(centroids: np.ndarray) -> np.ndarray:
     """Validate (n, 2) centroids and merge coincident ones (closer than about 1e-3 px), sorted (float64, row/col px)."""
+    return _unique_points_tree(centroids)[0]
+
+
+def _unique_points_tree(centroids: np.ndarray) -> tuple[np.ndarray, cKDTree | None]:
+    """``_unique_points`` and a cKDTree of the result (None when there is no point)."""
     pts = np.asarray(centroids, dtype=np.float64)
     if pts.size == 0:
-        return np.zeros((0, 2))
+        return np.zeros((0, 2)), None
     if pts.ndim != 2 or pts.shape[1] != 2:
         raise UserError(f"centroids: expected an (n, 2) array of (row, col) px, got shape {pts.shape}")
     pts = pts[np.all(np.isfinite(pts), axis=1)]
     if pts.shape[0] < 2:
-        return pts.copy()
+        pts = pts.copy()
+        return pts, (cKDTree(pts) if pts.shape[0] else None)
     pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
-    pairs = cKDTree(pts).query_pairs(_MERGE_PX, output_type="ndarray")  # keeps Qhull well conditioned
+    tree = cKDTree(pts)
+    pairs = tree.query_pairs(_MERGE_PX, output_type="ndarray")  # keeps Qhull well conditioned
     if pairs.size:
         keep = np.ones(pts.shape[0], dtype=bool)
         keep[pairs.max(axis=1)] = False
         pts = pts[keep]
-    return pts
+        tree = cKDTree(pts)
+    return pts, tree
+
+
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """The sorted unique values of a 1-D integer array (as ``np.unique``, by sorting)."""
+    a = np.sort(a)
+    if a.size > 1:
+        a = a[np.r_[True, a[1:] != a[:-1]]]
+    return a
 
 
 def _check_shape(shape) -> tuple[int, int]:
@@ -92,10 +110,11 @@ def _mirror(pts: np.ndarray, shape: tuple[int, int], tree: cKDTree | None = None
     """The points plus their mirror images across each tile side, for the points that can own part of that side;
     returns (points, index of the original point each one mirrors).
 
-    A point whose Voronoi cell reaches side s lies within R_s of s, R_s being the largest distance from
-    the side to its nearest point (sampled every _SIDE_STEP px, + half a step: the distance to the nearest
-    point changes by at most the distance moved along the side); mirrors of the other points
-    never claim pixels inside the tile, so leaving them out does not change any clipped cell.
+    Each side is sampled every _SIDE_STEP px (ends included); d_k is the distance from sample k to its
+    nearest point. On the interval between samples k and k+1 (length L) the nearest-point distance is at
+    most R = (d_k + d_k+1 + L) / 2, so a point owning part of it lies within R + L/2 of the interval's
+    midpoint. Only those points are mirrored: mirrors of the other points never claim pixels inside the
+    tile, so leaving them out does not change any clipped cell.
     """
     lo = -0.5
     hr, hc = shape[0] - 0.5, shape[1] - 0.5
@@ -107,31 +126,75 @@ def _mirror(pts: np.ndarray, shape: tuple[int, int], tree: cKDTree | None = None
     rows = np.r_[np.arange(lo, hr, _SIDE_STEP), hr]
     cols = np.r_[np.arange(lo, hc, _SIDE_STEP), hc]
     r, c = pts[:, 0], pts[:, 1]
-    parts = [pts]
-    owner = [np.arange(pts.shape[0])]
-    for side_pts, dist, mirror in (
-        (np.c_[np.full(cols.size, lo), cols], r - lo, np.c_[2 * lo - r, c]),
-        (np.c_[np.full(cols.size, hr), cols], hr - r, np.c_[2 * hr - r, c]),
-        (np.c_[rows, np.full(rows.size, lo)], c - lo, np.c_[r, 2 * lo - c]),
-        (np.c_[rows, np.full(rows.size, hc)], hc - c, np.c_[r, 2 * hc - c]),
-    ):
-        reach = tree.query(side_pts)[0].max() + 0.5 * _SIDE_STEP + 1e-6
-        near = np.flatnonzero(dist <= reach)
-        parts.append(mirror[near])
-        owner.append(near)
+    sides = (  # samples along the side (row, col), mirror of every point across it
+        (np.c_[np.full(cols.size, lo), cols], np.c_[2 * lo - r, c]),
+        (np.c_[np.full(cols.size, hr), cols], np.c_[2 * hr - r, c]),
+        (np.c_[rows, np.full(rows.size, lo)], np.c_[r, 2 * lo - c]),
+        (np.c_[rows, np.full(rows.size, hc)], np.c_[r, 2 * hc - c]),
+    )
+    samples = np.concatenate([sp for sp, _m in sides])
+    dist = tree.query(samples)[0]
+    mids, radii, side_of = [], [], []
+    start = 0
+    for s, (sp, _m) in enumerate(sides):
+        d = dist[start : start + sp.shape[0]]
+        start += sp.shape[0]
+        length = np.hypot(*np.diff(sp, axis=0).T)
+        mids.append(0.5 * (sp[1:] + sp[:-1]))
+        radii.append(0.5 * (d[1:] + d[:-1]) + length + 1e-6)
+        side_of.append(np.full(length.size, s))
+    found = tree.query_ball_point(np.concatenate(mids), np.concatenate(radii), return_sorted=False)
+    counts = np.fromiter(map(len, found), dtype=np.intp, count=len(found))
+    idx = np.fromiter(itertools.chain.from_iterable(found), dtype=np.intp, count=int(counts.sum()))
+    side = np.repeat(np.concatenate(side_of), counts)
+    code = _sorted_unique(side * pts.shape[0] + idx)  # by side, then point
+    side, near = np.divmod(code, pts.shape[0])
+    parts = [pts] + [m[near[side == s]] for s, (_sp, m) in enumerate(sides)]
+    owner = [np.arange(pts.shape[0])] + [near[side == s] for s in range(len(sides))]
     return np.concatenate(parts), np.concatenate(owner)
 
 
-def _ridges(aug: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+def _triangulate(pts: np.ndarray, aug: np.ndarray) -> tuple[np.ndarray | None, Delaunay | None]:
+    """Delaunay simplices of ``pts`` (None when fewer than 3 or collinear) and the Delaunay triangulation
+    of ``aug`` (``pts`` plus mirror points; None when Qhull fails).
+
+    Two separate Qhull runs with the default options: an incremental run (pts, then the mirrors) would
+    save one, but Qhull's incremental mode cannot use Qz/Qbb and so breaks ties between cocircular
+    points differently, which changes the Delaunay features of lattice-like inputs.
+    """
+    simp = None
+    if pts.shape[0] >= 3:
+        try:
+            simp = Delaunay(pts).simplices.astype(np.int64)
+        except (QhullError, ValueError):
+            simp = None
+    try:
+        return simp, Delaunay(aug)
+    except (QhullError, ValueError):
+        return simp, None
+
+
+def _edges_of(simp: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Triangles (t, 3) and unique sorted edges (m, 2) from Delaunay simplices (empty for None)."""
+    if simp is None or simp.shape[0] == 0:
+        return np.zeros((0, 3), np.int64), np.zeros((0, 2), np.int64)
+    e = np.concatenate([simp[:, [0, 1]], simp[:, [1, 2]], simp[:, [0, 2]]])
+    code = _sorted_unique(np.minimum(e[:, 0], e[:, 1]) * n + np.maximum(e[:, 0], e[:, 1]))
+    return simp, np.c_[code // n, code % n]
+
+
+def _ridges(aug: np.ndarray, tri: Delaunay | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """Finite Voronoi ridges of ``aug``: (point pairs (m, 2), start and end vertex ids (m,), vertices (v, 2)).
 
-    Taken from the dual Delaunay triangulation (circumcentres of adjacent triangles), which keeps
-    everything in arrays; falls back to ``scipy.spatial.Voronoi`` for degenerate triangulations.
+    Taken from the dual Delaunay triangulation ``tri`` of ``aug`` (computed when None; circumcentres of
+    adjacent triangles), which keeps everything in arrays; falls back to ``scipy.spatial.Voronoi`` for
+    degenerate triangulations.
     """
-    try:
-        tri = Delaunay(aug)
-    except (QhullError, ValueError):
-        return None
+    if tri is None:
+        try:
+            tri = Delaunay(aug)
+        except (QhullError, ValueError):
+            return None
     simp = tri.simplices
     a, b, c = aug[simp[:, 0]], aug[simp[:, 1]], aug[simp[:, 2]]
     bx, by = b[:, 0] - a[:, 0], b[:, 1] - a[:, 1]
@@ -158,14 +221,28 @@ def voronoi_cells(centroids: np.ndarray, shape, tree: cKDTree | None = None) -> 
     """Per unique centroid, its Voronoi cell clipped to the tile: ``area`` (px²), ``perimeter`` (px),
     ``max_chord`` (px), plus ``points`` (n, 2) and the cell ``segments`` (M, 2, 2) row/col px."""
     shape = _check_shape(shape)
-    pts = _unique_points(centroids)
+    pts, own_tree = _unique_points_tree(centroids)
+    return _cells_of_unique(pts, shape, own_tree)
+
+
+def _cells_of_unique(
+    pts: np.ndarray, shape: tuple[int, int], tree: cKDTree | None, simplices: list | None = None
+) -> dict[str, np.ndarray]:
+    """``voronoi_cells`` of already unique, sorted points (``_unique_points``) with their cKDTree; when
+    ``simplices`` is a list (the features path), the Delaunay simplices of ``pts`` (or None) are appended
+    to it and the display ``segments`` are not computed (None)."""
     n = pts.shape[0]
     empty = {"points": pts, "area": np.full(n, np.nan), "perimeter": np.full(n, np.nan),
              "max_chord": np.full(n, np.nan), "segments": np.zeros((0, 2, 2))}
     if n == 0:
+        if simplices is not None:
+            simplices.append(None)
         return empty
     aug, owner = _mirror(pts, shape, tree)
-    rid = _ridges(aug)
+    simp, tri = _triangulate(pts, aug)
+    if simplices is not None:
+        simplices.append(simp)
+    rid = _ridges(aug, tri) if tri is not None else None
     if rid is None:
         return empty
     rp, ia, ib, vv = rid
@@ -182,7 +259,9 @@ def voronoi_cells(centroids: np.ndarray, shape, tree: cKDTree | None = None) -> 
     perim = np.bincount(cell, seg_len, n)
     # longest vertex-to-vertex distance per cell: pad each cell's (unique) vertex list
     vid = np.concatenate([ia[m0], ia[m1], ib[m0], ib[m1]])
-    key = np.unique(np.concatenate([cell, cell]) * vv.shape[0] + vid)  # sorted by cell
+    key = np.sort(np.concatenate([cell, cell]) * vv.shape[0] + vid)  # sorted by cell
+    if key.size:
+        key = key[np.r_[True, key[1:] != key[:-1]]]
     vcell = key // vv.shape[0]
     verts = vv[key % vv.shape[0]]
     counts = np.bincount(vcell, minlength=n)
@@ -199,6 +278,8 @@ def voronoi_cells(centroids: np.ndarray, shape, tree: cKDTree | None = None) -> 
     max_chord[counts == 0] = np.nan
     area[counts == 0] = np.nan
     perim[counts == 0] = np.nan
+    if simplices is not None:  # features only: no display segments
+        return {"points": pts, "area": area, "perimeter": perim, "max_chord": max_chord, "segments": None}
     # segments for display: every ridge of an original cell, except the tile border (point vs own mirror)
     disp = (np.minimum(rp[:, 0], rp[:, 1]) < n) & (owner[rp[:, 0]] != owner[rp[:, 1]]) & (np.hypot(*(va - vb).T) > 1e-9)
     segs = np.stack([va[disp], vb[disp]], axis=1)
@@ -230,21 +311,37 @@ def _mst_lengths(pts: np.ndarray, edges: np.ndarray) -> np.ndarray:
         srt = pts[np.argsort(centred @ vt[0], kind="stable")]
         return np.hypot(*np.diff(srt, axis=0).T)
     w = np.hypot(*(pts[edges[:, 0]] - pts[edges[:, 1]]).T)
-    g = sparse.coo_matrix((w, (edges[:, 0], edges[:, 1])), shape=(n, n)).tocsr()
-    mst = minimum_spanning_tree(g)
+    order = np.argsort(edges[:, 0], kind="stable")  # CSR layout (edges from _edges_of are sorted already)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(edges[:, 0], minlength=n), out=indptr[1:])
+    g = sparse.csr_matrix((w[order], edges[order, 1], indptr), shape=(n, n))
+    mst = minimum_spanning_tree(g, overwrite=True)
     return mst.data[mst.data > 0]
 
 
 def _clustering(pairs: np.ndarray, n: int) -> tuple[np.ndarray, float]:
-    """Local clustering coefficients (NaN for degree < 2) and global transitivity of an undirected graph."""
+    """Local clustering coefficients (NaN for degree < 2) and global transitivity of an undirected graph.
+
+    ``pairs`` (m, 2) are the edges, each once. The common neighbours of the two ends of every edge are
+    counted at once as popcounts of ANDed adjacency bitsets (a sparse A @ A for very large graphs).
+    """
     if n == 0:
         return np.zeros(0), np.nan
     if pairs.shape[0] == 0:
         return np.full(n, np.nan), np.nan
     i, j = pairs[:, 0], pairs[:, 1]
-    a = sparse.coo_matrix((np.ones(2 * i.size), (np.r_[i, j], np.r_[j, i])), shape=(n, n)).tocsr()
-    deg = np.asarray(a.sum(axis=1)).ravel()
-    tri2 = np.asarray((a @ a).multiply(a).sum(axis=1)).ravel()  # 2 x triangles through each node
+    deg = (np.bincount(i, minlength=n) + np.bincount(j, minlength=n)).astype(np.float64)
+    if n <= _BITSET_MAX_NODES:
+        width = -(-n // 64) * 64
+        adj = np.zeros((n, width), dtype=bool)
+        adj[i, j] = True
+        adj[j, i] = True
+        bits = np.packbits(adj, axis=1).view(np.uint64)
+        common = np.bitwise_count(bits[i] & bits[j]).sum(axis=1)  # triangles through each edge
+        tri2 = np.bincount(i, common, n) + np.bincount(j, common, n)  # 2 x triangles through each node
+    else:
+        a = sparse.coo_matrix((np.ones(2 * i.size), (np.r_[i, j], np.r_[j, i])), shape=(n, n)).tocsr()
+        tri2 = np.asarray((a @ a).multiply(a).sum(axis=1)).ravel()
     triples = deg * (deg - 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         local = np.where(deg >= 2, tri2 / np.where(triples > 0, triples, 1), np.nan)
@@ -253,21 +350,45 @@ def _clustering(pairs: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     return local, trans
 
 
+def _summarise_columns(m: np.ndarray) -> np.ndarray:
+    """``graph_summarise`` of every column of an (n, k) array (rows = nuclei) -> (k, 4)."""
+    k = m.shape[1]
+    out = np.full((k, 4), np.nan)
+    if m.shape[0] == 0:
+        return out
+    finite = np.isfinite(m)
+    clean = finite.all(axis=0)
+    if clean.any():
+        c = np.ascontiguousarray(m[:, clean].T)  # rows contiguous: the same summation as a 1-D array
+        mean = c.mean(axis=1)
+        std = c.std(axis=1)
+        vmax = c.max(axis=1)
+        vmin = c.min(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[clean, 0] = mean
+            out[clean, 1] = std
+            out[clean, 2] = np.where(vmax > 0, vmin / np.where(vmax > 0, vmax, 1.0), np.nan)
+            out[clean, 3] = np.where(mean + std > 0, std / np.where(mean + std > 0, mean + std, 1.0), np.nan)
+    for jj in np.flatnonzero(~clean):  # columns with undefined values: summarise their finite part
+        out[jj] = graph_summarise(m[:, jj])
+    return out
+
+
 def graph_features(centroids: np.ndarray, shape, mpp: float) -> dict[str, float]:
     """The ``graph.*`` features of one tile from nucleus centroids (row, col px) at ``mpp`` µm/px."""
     mpp = float(mpp)
     if not mpp > 0:
         raise UserError(f"mpp must be > 0 µm/px, got {mpp}")
     shape = _check_shape(shape)
-    pts = _unique_points(centroids)
+    pts, tree = _unique_points_tree(centroids)
     n = pts.shape[0]
     meas: dict[str, np.ndarray] = {}
-    tree = cKDTree(pts) if n else None
-    cells = voronoi_cells(pts, shape, tree)
+    simplices: list = []
+    cells = _cells_of_unique(pts, shape, tree, simplices)
     meas["voronoi_area"] = cells["area"] * mpp * mpp
     meas["voronoi_perimeter"] = cells["perimeter"] * mpp
     meas["voronoi_max_chord"] = cells["max_chord"] * mpp
-    tri, edges = delaunay_edges(pts)
+    tri, edges = _edges_of(simplices[0], n)
     meas["delaunay_edge"] = np.hypot(*(pts[edges[:, 0]] - pts[edges[:, 1]]).T) * mpp if edges.size else np.zeros(0)
     if tri.shape[0]:
         a, b, c = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
@@ -299,8 +420,13 @@ def graph_features(centroids: np.ndarray, shape, mpp: float) -> dict[str, float]
     else:
         pi = pj = np.zeros(0, np.int64)
         pv = np.zeros(0)
-    for r in RADII_UM:
-        meas[f"neighbours_{r:g}um"] = np.bincount(pi[pv <= r], minlength=n).astype(np.float64)
+    radii = np.sort(np.asarray(RADII_UM, dtype=np.float64))
+    ring = np.searchsorted(radii, pv, side="left")  # the smallest radius r with pv <= r (radii.size: none)
+    nr = radii.size + 1
+    per_ring = np.bincount(pi * nr + ring, minlength=n * nr).reshape(n, nr)
+    within = np.cumsum(per_ring[:, : radii.size], axis=1).astype(np.float64)  # other nuclei within each radius
+    for k, r in enumerate(radii):
+        meas[f"neighbours_{r:g}um"] = within[:, k]
     meas["delaunay_degree"] = (
         np.bincount(edges.ravel(), minlength=n).astype(np.float64) if edges.size else np.zeros(0)
     )
@@ -308,9 +434,17 @@ def graph_features(centroids: np.ndarray, shape, mpp: float) -> dict[str, float]
     pairs = np.c_[pi[sel], pj[sel]]
     local, trans = _clustering(pairs, n)
     meas["clustering"] = local
+    # summaries: the per-nucleus measurements (length n) as one matrix, the others one by one
+    keys = [key for key, _u, _w in _MEASURES]
+    per_node = [key for key in keys if meas[key].shape == (n,)] if n else []
+    stats = {}
+    if per_node:
+        for key, row in zip(per_node, _summarise_columns(np.stack([meas[key] for key in per_node], axis=1))):
+            stats[key] = row
     out: dict[str, float] = {}
-    for key, _u, _w in _MEASURES:
-        for (suffix, _d), val in zip(GRAPH_STATS, graph_summarise(meas[key])):
+    for key in keys:
+        vals = stats[key] if key in stats else graph_summarise(meas[key])
+        for (suffix, _d), val in zip(GRAPH_STATS, vals):
             out[f"{GROUP}.{key}_{suffix}"] = float(val)
     out["graph.transitivity"] = trans
     return out

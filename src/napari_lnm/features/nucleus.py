@@ -1,8 +1,11 @@
 """Nucleus-level features: per-nucleus morphology, shape and H intensity/texture, summarised over a tile.
 
 Every per-nucleus measurement is computed for all nuclei at once from the label image with
-``np.bincount`` label reductions over the foreground / boundary pixel lists (no Python loop over
-nuclei). Morphology follows ``skimage.measure.regionprops`` definitions so the numbers agree with it:
+``np.bincount`` label reductions (no Python loop over nuclei): area, centroid, second moments,
+bounding box and per-row extremes over the horizontal runs of each label (closed-form integer run
+sums, equal to the per-pixel sums), perimeter and shape over the boundary pixels, H statistics over
+the foreground pixels. Morphology follows ``skimage.measure.regionprops`` definitions so the numbers
+agree with it:
 
 - perimeter: Benkrid & Crookes border-pixel weights of ``skimage.measure.perimeter`` (4-neighbourhood);
 - axes / eccentricity: eigenvalues of the second central moments (``4 sqrt(lambda)``);
@@ -26,7 +29,7 @@ from napari_lnm.errors import UserError
 
 from .catalog import SUMMARY_STATS, FeatureInfo, summarise_matrix, summary_infos
 from .tile import H_RANGE as _TILE_H_RANGE
-from .tile import gradient_magnitude
+from .tile import _scratch, gradient_magnitude
 
 __all__ = [
     "NucleusTable",
@@ -129,9 +132,18 @@ def nucleus_table(
     if flat.size == 0 or not flat.any():
         return NucleusTable(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, nmeas)), tuple(m[0] for m in MEASURES))
 
-    # compact labels 1..n
-    fg = np.flatnonzero(flat)
-    lab_fg = flat[fg].astype(np.int64)
+    # compact labels 1..n. The per-pixel temporaries live in reused per-thread work arrays (``_scratch``):
+    # fresh ones of ~0.5 MB each cost page faults under glibc's default malloc settings.
+    fg = np.flatnonzero(flat != 0)  # (a boolean mask is ~3x faster to scan than the labels)
+    nf = fg.size
+
+    def work(name: str, dtype, size: int = nf) -> np.ndarray:
+        return _scratch("nucleus_" + name, size, dtype)
+
+    if flat.dtype.kind in "iu":
+        lab_fg = np.take(flat, fg, out=work("labfg", flat.dtype))
+    else:
+        lab_fg = flat[fg].astype(np.int64)
     maxlab = int(lab_fg.max())
     if maxlab <= 4 * flat.size:  # a lookup table over label values
         present = np.zeros(maxlab + 1, dtype=bool)
@@ -139,25 +151,63 @@ def nucleus_table(
         ids = np.flatnonzero(present)
         lut = np.zeros(maxlab + 1, dtype=np.int64)
         lut[ids] = np.arange(1, ids.size + 1)
-        lbl = lut[lab_fg]  # 1..n for every foreground pixel (raster order)
+        lbl = np.take(lut, lab_fg, out=work("lbl", np.int64))  # 1..n for every foreground pixel (raster order)
     else:  # sparse, huge label values
         ids, inv = np.unique(lab_fg, return_inverse=True)
         lbl = inv.reshape(-1) + 1
     n = ids.size
-    ri, ci = np.divmod(fg, ncol)
+    m1 = n + 1
+    # zero-padded compact label image; same-label 4-neighbours of every foreground pixel (the right and
+    # down ones are also the H texture pairs)
+    pw = ncol + 2
+    pflat = _scratch("nucleus_pad", (nrow + 2) * pw, np.int32)  # reused work array: no page faults
+    pflat.fill(0)
+    pidx = np.floor_divide(fg, ncol, out=work("pidx", np.int64))
+    pidx *= 2
+    pidx += fg
+    pidx += pw + 1  # (row + 1) * pw + (col + 1)
+    pflat[pidx] = lbl
+    i_r = np.add(pidx, 1, out=work("i_r", np.int64))
+    i_d = np.add(pidx, pw, out=work("i_d", np.int64))
+    tmp_i = work("tmp_i", np.int64)
+    tmp_l = work("tmp_l", np.int32)
+
+    def same_label_at(index: np.ndarray) -> np.ndarray:
+        """Whether the padded-grid pixel at ``index`` has the same compact label as the pixel."""
+        return np.take(pflat, index, out=tmp_l) == lbl
+
+    same_l = same_label_at(np.subtract(pidx, 1, out=tmp_i))
+    same_r = same_label_at(i_r)
+    same_d = same_label_at(i_d)
+    interior = same_r & same_d
+    interior &= same_l
+    interior &= same_label_at(np.subtract(pidx, pw, out=tmp_i))
+
+    # horizontal runs of each label: moments, bounding boxes and row extremes from closed-form run sums
+    # (all integer sums, exact in float64, so they equal the per-pixel sums bit for bit)
+    run_s = fg[~same_l]
+    run_e = fg[~same_r]
+    run_lbl = lbl[~same_l]
+    run_r = run_s // ncol
+    run_cs = run_s - run_r * ncol
+    run_ce = run_e - run_r * ncol
+    run_len = run_ce - run_cs + 1
+    sum_c = (run_cs + run_ce) * run_len // 2
+    sum_cc = (run_ce * (run_ce + 1) * (2 * run_ce + 1) - (run_cs - 1) * run_cs * (2 * run_cs - 1)) // 6
+    area_px = np.bincount(run_lbl, run_len, m1)[1:]
+    s_r = np.bincount(run_lbl, run_r * run_len, m1)[1:]
+    s_c = np.bincount(run_lbl, sum_c, m1)[1:]
+    s_rr = np.bincount(run_lbl, run_r * run_r * run_len, m1)[1:]
+    s_cc = np.bincount(run_lbl, sum_cc, m1)[1:]
+    s_rc = np.bincount(run_lbl, run_r * sum_c, m1)[1:]
     # coordinates relative to the tile centre keep the raw second moments well conditioned
     r0, c0 = 0.5 * (nrow - 1), 0.5 * (ncol - 1)
-    r = ri - r0
-    c = ci - c0
-    m1 = n + 1
-
-    area_px = np.bincount(lbl, minlength=m1)[1:].astype(np.float64)
-    cr = np.bincount(lbl, r, m1)[1:] / area_px
-    cc = np.bincount(lbl, c, m1)[1:] / area_px
+    cr = (s_r - r0 * area_px) / area_px
+    cc = (s_c - c0 * area_px) / area_px
     # central second moments (per unit area) from raw moments
-    vrr = np.maximum(np.bincount(lbl, r * r, m1)[1:] / area_px - cr * cr, 0.0)
-    vcc = np.maximum(np.bincount(lbl, c * c, m1)[1:] / area_px - cc * cc, 0.0)
-    vrc = np.bincount(lbl, r * c, m1)[1:] / area_px - cr * cc
+    vrr = np.maximum((s_rr - 2.0 * r0 * s_r + r0 * r0 * area_px) / area_px - cr * cr, 0.0)
+    vcc = np.maximum((s_cc - 2.0 * c0 * s_c + c0 * c0 * area_px) / area_px - cc * cc, 0.0)
+    vrc = (s_rc - c0 * s_r - r0 * s_c + r0 * c0 * area_px) / area_px - cr * cc
     cr += r0
     cc += c0
     half_tr = 0.5 * (vrr + vcc)
@@ -175,32 +225,31 @@ def nucleus_table(
     rmax = np.full(m1, -1, np.int64)
     cmin = np.full(m1, ncol, np.int64)
     cmax = np.full(m1, -1, np.int64)
-    np.minimum.at(rmin, lbl, ri)
-    np.maximum.at(rmax, lbl, ri)
-    np.minimum.at(cmin, lbl, ci)
-    np.maximum.at(cmax, lbl, ci)
+    np.minimum.at(rmin, run_lbl, run_r)
+    np.maximum.at(rmax, run_lbl, run_r)
+    np.minimum.at(cmin, run_lbl, run_cs)
+    np.maximum.at(cmax, run_lbl, run_ce)
     rmin, rmax, cmin, cmax = rmin[1:], rmax[1:], cmin[1:], cmax[1:]
     extent = area_px / ((rmax - rmin + 1) * (cmax - cmin + 1))
 
-    # border pixels (4-neighbourhood erosion per label) in a zero-padded compact label image
-    pw = ncol + 2
-    pad = np.zeros((nrow + 2, pw), dtype=np.int32)
-    pidx = (ri + 1) * pw + (ci + 1)
-    pad.ravel()[pidx] = lbl
-    pflat = pad.ravel()
-    interior = (
-        (pflat[pidx - 1] == lbl) & (pflat[pidx + 1] == lbl) & (pflat[pidx - pw] == lbl) & (pflat[pidx + pw] == lbl)
-    )
+    # border pixels (4-neighbourhood erosion per label) and their Benkrid & Crookes perimeter codes
     bsel = ~interior
-    bidx = pidx[bsel]
-    blbl = lbl[bsel]
-    border = np.zeros(pflat.size, dtype=bool)
-    border[bidx] = True
-    code = np.ones(bidx.size, dtype=np.intp)
-    for off, w in ((1, 2), (-1, 2), (pw, 2), (-pw, 2), (pw + 1, 10), (pw - 1, 10), (-pw + 1, 10), (-pw - 1, 10)):
-        nb = bidx + off
-        code += w * (border[nb] & (pflat[nb] == blbl))
-    perim_px = np.bincount(blbl, _PERIM_W[code], m1)[1:]
+    nb = int(np.count_nonzero(bsel))
+    bidx = np.compress(bsel, pidx, out=work("bidx", np.int64, nb))
+    blbl = np.compress(bsel, lbl, out=work("blbl", np.int64, nb))
+    bpad = _scratch("nucleus_bpad", pflat.size, np.int32)  # compact labels of the border pixels only
+    bpad.fill(0)
+    bpad[bidx] = blbl
+    n4 = np.zeros(nb, dtype=np.uint8)  # same-label border pixels among the 4 / diagonal neighbours
+    nd = np.zeros(nb, dtype=np.uint8)
+    tmp_b = work("tmp_b", np.int64, nb)
+    tmp_bl = work("tmp_bl", np.int32, nb)
+    for off, cnt in ((1, n4), (-1, n4), (pw, n4), (-pw, n4), (pw + 1, nd), (pw - 1, nd), (-pw + 1, nd), (-pw - 1, nd)):
+        cnt += np.take(bpad, np.add(bidx, off, out=tmp_b), out=tmp_bl) == blbl
+    code = np.multiply(n4, 2, out=work("code", np.intp, nb))
+    code += 1
+    code += np.multiply(nd, 10, out=tmp_b)
+    perim_px = np.bincount(blbl, np.take(_PERIM_W, code, out=work("f1", np.float64, nb)), m1)[1:]
 
     # convex area: the hull of the pixels' edge mid-points (as skimage's convex_hull_image) only depends
     # on the leftmost and rightmost pixel of every row; its right (left) boundary is the concave majorant
@@ -209,15 +258,13 @@ def nucleus_table(
     row_start = np.cumsum(nrows_per) - nrows_per
     row_lab = np.repeat(np.arange(n), nrows_per)
     nr_tot = row_lab.size
-    bri = bidx // pw - 1
-    bci = bidx % pw - 1
-    rkey = row_start[blbl - 1] + (bri - rmin[blbl - 1])
+    rkey = row_start[run_lbl - 1] + (run_r - rmin[run_lbl - 1])
     left = np.full(nr_tot, ncol, np.int64)
     right = np.full(nr_tot, -1, np.int64)
-    np.minimum.at(left, rkey, bci)
-    np.maximum.at(right, rkey, bci)
+    np.minimum.at(left, rkey, run_cs)
+    np.maximum.at(right, rkey, run_ce)
     both = _majorant_rows(
-        np.concatenate([right, -left]).astype(np.float64),
+        np.concatenate([right, -left]),
         np.concatenate([row_lab, row_lab + n]),
         np.concatenate([row_start, row_start + nr_tot]),
         np.concatenate([nrows_per, nrows_per]),
@@ -226,18 +273,29 @@ def nucleus_table(
     cnt = np.floor(xmax + 1e-7) - np.ceil(xmin - 1e-7) + 1.0
     convex_px = np.bincount(row_lab, np.maximum(cnt, 0.0), n)
     solidity = area_px / np.maximum(convex_px, area_px)
-    br = bri.astype(np.float64)
-    bc = bci.astype(np.float64)
+    bri, bci = np.divmod(bidx, pw, out=(work("code", np.intp, nb), tmp_b))  # (code is no longer needed)
+    b_lab0 = np.subtract(blbl, 1, out=work("b_lab0", np.int64, nb))
 
     # Fourier descriptors of the radial profile of the boundary
-    bdr = br - cr[blbl - 1]
-    bdc = bc - cc[blbl - 1]
-    rad = np.hypot(bdr, bdc)
-    ang = np.arctan2(bdr, bdc)
+    bdr = np.subtract(bri, 1.0, out=work("f1", np.float64, nb))  # boundary pixel row - centroid row
+    bdr -= np.take(cr, b_lab0, out=work("f2", np.float64, nb))
+    bdc = np.subtract(bci, 1.0, out=work("f3", np.float64, nb))
+    bdc -= np.take(cc, b_lab0, out=work("f2", np.float64, nb))
+    rad = np.multiply(bdr, bdr, out=work("f4", np.float64, nb))
+    rad += np.multiply(bdc, bdc, out=work("f2", np.float64, nb))
+    np.sqrt(rad, out=rad)
+    ang = np.arctan2(bdr, bdc, out=work("f2", np.float64, nb))
     # bins centred on the axis and diagonal directions, so pixels straight or diagonally away from a
     # (half-)integer centroid never sit on a bin edge
-    abin = np.floor((ang + np.pi) * (_FOURIER_BINS / (2 * np.pi)) + 0.5).astype(np.int64) % _FOURIER_BINS
-    key = (blbl - 1) * _FOURIER_BINS + abin
+    ang += np.pi
+    ang *= _FOURIER_BINS / (2 * np.pi)
+    ang += 0.5
+    np.floor(ang, out=ang)
+    key = work("code", np.intp, nb)
+    np.copyto(key, ang, casting="unsafe")
+    key %= _FOURIER_BINS
+    b_lab0 *= _FOURIER_BINS
+    key += b_lab0  # (label - 1) * bins + angle bin
     rsum = np.bincount(key, rad, n * _FOURIER_BINS).reshape(n, _FOURIER_BINS)
     rcnt = np.bincount(key, None, n * _FOURIER_BINS).reshape(n, _FOURIER_BINS)
     rmean = rsum.sum(axis=1) / rcnt.sum(axis=1)
@@ -254,32 +312,55 @@ def nucleus_table(
         if hflat.shape != lab.shape:
             raise UserError(f"H image shape {hflat.shape} does not match the label image {lab.shape}")
         hflat = hflat.ravel()
-        hv = hflat[fg].astype(np.float64)
+        hv32 = np.take(hflat, fg, out=work("hv32", np.float32))
+        hv = work("hv", np.float64)
+        np.copyto(hv, hv32)
         hsum = np.bincount(lbl, hv, m1)[1:]
         hmean = hsum / area_px
-        hstd = np.sqrt(np.maximum(np.bincount(lbl, hv * hv, m1)[1:] / area_px - hmean * hmean, 0.0))
+        t64 = work("t64", np.float64)
+        hstd = np.sqrt(np.maximum(np.bincount(lbl, np.multiply(hv, hv, out=t64), m1)[1:] / area_px - hmean * hmean, 0.0))
         hint = hsum * mpp * mpp
-        q = ((hv - H_RANGE[0]) * (_ENTROPY_LEVELS / (H_RANGE[1] - H_RANGE[0]))).astype(np.intp)
+        np.subtract(hv, H_RANGE[0], out=t64)
+        t64 *= _ENTROPY_LEVELS / (H_RANGE[1] - H_RANGE[0])
+        q = work("q", np.intp)
+        np.copyto(q, t64, casting="unsafe")
         np.clip(q, 0, _ENTROPY_LEVELS - 1, out=q)
-        hist = np.bincount((lbl - 1) * _ENTROPY_LEVELS + q, None, n * _ENTROPY_LEVELS).reshape(n, _ENTROPY_LEVELS)
+        np.subtract(lbl, 1, out=tmp_i)
+        tmp_i *= _ENTROPY_LEVELS
+        q += tmp_i
+        hist = np.bincount(q, None, n * _ENTROPY_LEVELS).reshape(n, _ENTROPY_LEVELS)
         p = hist / area_px[:, None]
         with np.errstate(divide="ignore", invalid="ignore"):
             ent = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
-        # co-occurrence texture within the nucleus: right and down neighbours with the same label
-        right = np.flatnonzero(pflat[pidx + 1] == lbl)
-        down = np.flatnonzero(pflat[pidx + pw] == lbl)
-        src = np.concatenate([right, down])
-        d = np.abs(hflat[np.concatenate([fg[right] + 1, fg[down] + ncol])] - hv[src])
-        ls = lbl[src]
-        npair = np.bincount(ls, None, m1)[1:]
+        # co-occurrence texture within the nucleus: right and down neighbours with the same label, read
+        # from H on the padded grid (only foreground pixels set: other neighbours are masked out)
+        hpad = _scratch("nucleus_hpad", pflat.size, np.float32)
+        hpad.fill(0)
+        hpad[pidx] = hv32
+        g32 = work("g32", np.float32)
+        dr = np.subtract(np.take(hpad, i_r, out=g32), hv, out=work("dr", np.float64))
+        np.abs(dr, out=dr)
+        dr *= same_r
+        dd = np.subtract(np.take(hpad, i_d, out=g32), hv, out=work("dd", np.float64))
+        np.abs(dd, out=dd)
+        dd *= same_d
+        # pairs: right ones are run length - 1 per run, down ones counted per pixel
+        n_down = int(np.count_nonzero(same_d))
+        down_lbl = np.compress(same_d, lbl, out=work("down_lbl", np.int64, n_down))
+        npair = area_px - np.bincount(run_lbl, None, m1)[1:] + np.bincount(down_lbl, None, m1)[1:]
         with np.errstate(divide="ignore", invalid="ignore"):
-            diss = np.bincount(ls, d, m1)[1:] / npair
-            con = np.bincount(ls, d * d, m1)[1:] / npair
+            diss = np.bincount(lbl, np.add(dr, dd, out=t64), m1)[1:] / npair
+            dr *= dr
+            dd *= dd
+            dr += dd
+            con = np.bincount(lbl, dr, m1)[1:] / npair
         if h_grad is None:
             h_grad = gradient_magnitude(hflat.reshape(lab.shape), mpp)
-        gv = np.asarray(h_grad, dtype=np.float32).ravel()[fg].astype(np.float64)
+        gv = work("hv", np.float64)  # (hv is no longer needed)
+        np.copyto(gv, np.take(np.asarray(h_grad, dtype=np.float32).ravel(), fg, out=g32))
         gmean = np.bincount(lbl, gv, m1)[1:] / area_px
-        gstd = np.sqrt(np.maximum(np.bincount(lbl, gv * gv, m1)[1:] / area_px - gmean * gmean, 0.0))
+        gv *= gv
+        gstd = np.sqrt(np.maximum(np.bincount(lbl, gv, m1)[1:] / area_px - gmean * gmean, 0.0))
         hcols = np.stack([hmean, hstd, hint, ent, diss, con, gmean, gstd], axis=1)
 
     area = area_px * mpp * mpp
@@ -306,58 +387,56 @@ def nucleus_table(
 
 
 def _majorant_rows(ext: np.ndarray, row_lab: np.ndarray, row_start: np.ndarray, nrows: np.ndarray) -> np.ndarray:
-    """Per row, the hull boundary x of each label's pixel diamonds, from the rows' extreme x ``ext``.
+    """Per row, the hull boundary x of each label's pixel diamonds, from the rows' integer extreme x ``ext``.
 
     For each label the chain has 2m+1 points: half rows ``y-0.5`` (max of the two adjacent rows'
     extremes, the diamonds' vertical tips) and rows ``y`` (extreme + 0.5, the horizontal tip). Points
     on or below the chord of their live neighbours are dropped, all labels at once, until none is; what
-    is left is the concave majorant, evaluated at every row.
+    is left is the concave majorant, evaluated at every row. The chains lie end to end in one array and
+    the chord test is exact integer arithmetic on doubled x and the array index as the (half-row) y.
+    The rows must be grouped by label in label order (``row_lab`` as from ``np.repeat(arange, nrows)``,
+    ``row_start`` its group starts).
     """
-    n = row_start.size
     clen = 2 * nrows + 1
     cstart = np.cumsum(clen) - clen
     total = int(clen.sum())
-    clab = np.repeat(np.arange(n), clen)
-    j = np.arange(total) - cstart[clab]
-    yv = j * 0.5
-    val = np.full(total, -np.inf)
-    rpos = cstart[row_lab] + 2 * (np.arange(row_lab.size) - row_start[row_lab]) + 1
-    val[rpos] = ext + 0.5
-    val[rpos - 1] = ext  # half row above each row
-    val[rpos + 1] = np.maximum(val[rpos + 1], ext)  # half row below each row (shared with the next row)
-    alive = np.ones(total, dtype=bool)
+    rpos = 2 * np.arange(row_lab.size) + row_lab + 1  # = cstart[label] + 2 * (row in label) + 1
+    e2 = 2 * np.asarray(ext, dtype=np.int64)
+    v = np.full(total, -(1 << 40), dtype=np.int64)  # doubled x
+    v[rpos] = e2 + 1
+    v[rpos - 1] = e2  # half row above each row
+    v[rpos + 1] = np.maximum(v[rpos + 1], e2)  # half row below each row (shared with the next row)
     is_end = np.zeros(total, dtype=bool)
     is_end[cstart] = True
     is_end[cstart + clen - 1] = True
-    # first pass on the full chain (neighbours 0.5 row apart: the chord value is their mean)
-    inner = np.flatnonzero(~is_end)
-    drop = val[inner] <= 0.5 * (val[inner - 1] + val[inner + 1]) + 1e-9
-    alive[inner[drop]] = False
-    keep = np.flatnonzero(alive)
-    # then iterate on the survivors; in the compacted chain every point is live, so the live
-    # neighbours of a point are simply i - 1 and i + 1
-    kv, ky, kend, korig = val[keep], yv[keep], is_end[keep], keep
-    while True:
-        ci = np.flatnonzero(~kend)
-        if ci.size == 0:
-            break
-        p, q = ci - 1, ci + 1
-        chord = kv[p] + (kv[q] - kv[p]) * (ky[ci] - ky[p]) / (ky[q] - ky[p])
-        drop = kv[ci] <= chord + 1e-9
+    # first pass on the full chain (neighbours one half row apart: the chord value is their mean)
+    alive = np.ones(total, dtype=bool)
+    if total > 2:
+        alive[1:-1] = 2 * v[1:-1] > v[:-2] + v[2:]
+    alive |= is_end
+    kidx = np.flatnonzero(alive)  # the chain ends stay, so a live point's live neighbours are in its chain
+    kv, kend = v[kidx], is_end[kidx]
+    while kv.size > 2:
+        ya, yb, yc = kidx[:-2], kidx[1:-1], kidx[2:]
+        va = kv[:-2]
+        drop = (kv[1:-1] - va) * (yc - ya) <= (kv[2:] - va) * (yb - ya)
+        drop &= ~kend[1:-1]
         if not drop.any():
             break
         stay = np.ones(kv.size, dtype=bool)
-        stay[ci[drop]] = False
-        kv, ky, kend, korig = kv[stay], ky[stay], kend[stay], korig[stay]
-    alive[:] = False
-    alive[korig] = True
-    idx = np.arange(total)
-    prev = np.maximum.accumulate(np.where(alive, idx, -1))
-    nxt = np.minimum.accumulate(np.where(alive, idx, total)[::-1])[::-1]
-    p, q = prev[rpos], nxt[rpos]
+        stay[1:-1] = ~drop
+        kidx, kv, kend = kidx[stay], kv[stay], kend[stay]
+    # live neighbours of every row point: p <= rpos <= q (ranks among the live points by a cumulative sum)
+    live = np.zeros(total, dtype=bool)
+    live[kidx] = True
+    pi_ = np.cumsum(live)[rpos] - 1
+    qi = pi_ + ~live[rpos]
+    p, q = kidx[pi_], kidx[qi]
+    vp = kv[pi_] * 0.5
+    vq = kv[qi] * 0.5
     same = p == q
-    den = np.where(same, 1.0, yv[q] - yv[p])
-    return np.where(same, val[rpos], val[p] + (val[q] - val[p]) * (yv[rpos] - yv[p]) / den)
+    den = np.where(same, 1.0, (q - p).astype(np.float64))
+    return np.where(same, vq, vp + (vq - vp) * (rpos - p).astype(np.float64) / den)
 
 
 def nucleus_features(

@@ -8,6 +8,8 @@ areas in µm², gradients in OD/µm, densities per mm².
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -68,6 +70,35 @@ _REGIONS = (
 )
 
 
+class _Scratch(threading.local):
+    """Per-thread work arrays for tile-sized temporaries, reused from tile to tile.
+
+    A fresh multi-MB numpy temporary is a fresh mmap under glibc's default malloc settings, and its
+    page faults cost about as much CPU as the arithmetic; reusing a few arrays avoids them.
+    """
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+
+
+_SCRATCH = _Scratch()
+_SCRATCH_MAX_BYTES = 32 * 2**20  # larger work arrays (huge tiles) are not kept
+
+
+def _scratch(name: str, n: int, dtype) -> np.ndarray:
+    """A 1-D work array of ``n`` elements (contents undefined), reused per thread under ``name``.
+
+    Each name has one user at a time: callers must not hold an array across a call that may use the same name.
+    """
+    dtype = np.dtype(dtype)
+    arr = _SCRATCH.arrays.get(name)
+    if arr is None or arr.size < n or arr.dtype != dtype:
+        arr = np.empty(n, dtype=dtype)
+        if n * dtype.itemsize <= _SCRATCH_MAX_BYTES:
+            _SCRATCH.arrays[name] = arr
+    return arr[:n]
+
+
 def _dist_tag(d: float) -> str:
     """Name tag of a GLCM distance in µm, e.g. 1.0 -> 'd1um', 1.5 -> 'd1.5um'."""
     return f"d{d:g}um"
@@ -112,30 +143,44 @@ def _build_catalog() -> list[FeatureInfo]:
 CATALOG: list[FeatureInfo] = _build_catalog()
 
 
-def gradient_magnitude(img: np.ndarray, mpp: float) -> np.ndarray:
-    """Central-difference gradient magnitude of an image, float32, in (image units)/µm."""
+def gradient_magnitude(img: np.ndarray, mpp: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Central-difference gradient magnitude of an image, float32, in (image units)/µm (into ``out``, a
+    float32 array of the image's shape, when given)."""
     a = np.asarray(img, dtype=np.float32)
-    gr = np.zeros_like(a)
-    gc = np.zeros_like(a)
+    gr = np.empty_like(a) if out is None else out
+    gc = _scratch("grad_c", a.size, np.float32).reshape(a.shape)
+    # full differences; the 1/2 of the central difference is applied at the end with 1/mpp (a power of
+    # two, so every intermediate is the same number scaled by 2 or 4 and the result is bit-identical)
     if a.shape[0] > 2:
-        gr[1:-1] = a[2:] - a[:-2]
-        gr[1:-1] *= 0.5
+        np.subtract(a[2:], a[:-2], out=gr[1:-1])
+        gr[0] = 0
+        gr[-1] = 0
+    else:
+        gr[...] = 0
     if a.shape[1] > 2:
-        gc[:, 1:-1] = a[:, 2:] - a[:, :-2]
-        gc[:, 1:-1] *= 0.5
+        np.subtract(a[:, 2:], a[:, :-2], out=gc[:, 1:-1])
+        gc[:, 0] = 0
+        gc[:, -1] = 0
+    else:
+        gc[...] = 0
     np.multiply(gr, gr, out=gr)
     np.multiply(gc, gc, out=gc)
     gr += gc
     np.sqrt(gr, out=gr)
-    gr *= np.float32(1.0 / mpp)
+    gr *= np.float32(0.5) * np.float32(1.0 / mpp)
     return gr
 
 
-def _quantise(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
-    """Bin index (intp, 0..bins-1) of every pixel for ``bins`` equal bins over [lo, hi]; outside values clipped."""
-    t = x.ravel() - np.float32(lo)
+def _quantise(x: np.ndarray, lo: float, hi: float, bins: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Bin index (intp, 0..bins-1) of every pixel for ``bins`` equal bins over [lo, hi]; outside values clipped.
+
+    ``out``: a 1-D intp array of ``x.size`` elements to write the indices into (else a new array).
+    """
+    t = _scratch("quantise_t", x.size, np.float32)
+    np.subtract(x.ravel(), np.float32(lo), out=t)
     t *= np.float32(bins / (hi - lo))
-    idx = t.astype(np.intp)
+    idx = np.empty(x.size, dtype=np.intp) if out is None else out
+    np.copyto(idx, t, casting="unsafe")  # truncation toward zero, as astype
     np.clip(idx, 0, bins - 1, out=idx)
     return idx
 
@@ -158,19 +203,24 @@ def _quantiles_from_counts(counts: np.ndarray, lo: float, hi: float, qs: tuple[f
 
 def _hist_quantiles(x: np.ndarray, lo: float, hi: float, qs: tuple[float, ...], bins: int = _HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
     """Quantiles of ``x`` from a ``bins``-bin histogram over [lo, hi] (linear inside a bin); returns (quantiles, counts)."""
-    counts = np.bincount(_quantise(x, lo, hi, bins), minlength=bins)
+    counts = np.bincount(_quantise(x, lo, hi, bins, out=_scratch("hist_idx", x.size, np.intp)), minlength=bins)
     return _quantiles_from_counts(counts, lo, hi, qs), counts
 
 
 def _moments(x: np.ndarray) -> tuple[float, float, float, float]:
     """Mean, std, skewness and excess kurtosis of an array (NaN skew/kurtosis for a constant image)."""
-    d = x.astype(np.float64).ravel()
+    return _moments_inplace(x.astype(np.float64).ravel())
+
+
+def _moments_inplace(d: np.ndarray, work: np.ndarray | None = None) -> tuple[float, float, float, float]:
+    """``_moments`` of a 1-D float64 array, which it overwrites (with its deviations from the mean);
+    ``work``: a float64 array of the same size for the squared deviations (else a new one)."""
     m = float(d.mean())
     d -= m
     var = float(np.dot(d, d)) / d.size
     if var <= 1e-12:
         return m, float(np.sqrt(max(var, 0.0))), np.nan, np.nan
-    d2 = d * d
+    d2 = np.multiply(d, d, out=work)
     m3 = float(np.dot(d2, d)) / d.size
     m4 = float(np.dot(d2, d2)) / d.size
     return m, float(np.sqrt(var)), m3 / var**1.5, m4 / var**2 - 3.0
@@ -215,7 +265,7 @@ def glcm_counts(q: np.ndarray, distance_px: int, levels: int, stride: int = GLCM
     """Symmetric GLCM counts (levels, levels, 4 angles 0/45/90/135°) of a quantised image at one distance (px).
 
     Pairs start on every ``stride``-th row and column (stride 1 = every pixel, as skimage's graycomatrix);
-    counting is one ``np.bincount`` per angle on ``i * levels + j`` codes.
+    counting is one ``np.bincount`` per angle on ``i * levels + j`` codes (intp, so bincount casts nothing).
     """
     q = np.asarray(q, dtype=np.uint16)
     nr, nc = q.shape
@@ -229,7 +279,8 @@ def glcm_counts(q: np.ndarray, distance_px: int, levels: int, stride: int = GLCM
         c0, c1 = max(0, -dc), nc - max(0, dc)
         ref = q[: nr - dr : stride, c0:c1:stride]
         nb = q[dr::stride, c0 + dc : c1 + dc : stride][: ref.shape[0], : ref.shape[1]]
-        code = ref * np.uint16(levels)
+        code = _scratch("glcm_code", ref.size, np.intp).reshape(ref.shape)
+        np.multiply(ref, levels, out=code)
         code += nb
         cnt = np.bincount(code.ravel(), minlength=levels * levels).reshape(levels, levels)
         out[:, :, k] = cnt + cnt.T
@@ -267,6 +318,31 @@ def _region_features(mask: np.ndarray, mpp: float, tile_mm2: float) -> tuple[flo
     return float(density), mean_area, float(bpa)
 
 
+def _region_pair_features(hpos: np.ndarray, epos: np.ndarray, mpp: float, tile_mm2: float) -> list[float]:
+    """``_region_features`` of the H-positive and the E-positive mask, labelled into one reused work array.
+
+    (``ndi.label`` with a preallocated output: a labelling that allocates its output, as skimage's one
+    pass over both masks does, costs more in page faults than it saves under glibc's default malloc.)
+    """
+    lab = _scratch("tile_regions", hpos.size, np.intp).reshape(hpos.shape)
+    min_px = MIN_REGION_UM2 / (mpp * mpp)
+    out: list[float] = []
+    for mask in (hpos, epos):
+        n = ndi.label(mask, output=lab)
+        if n == 0:
+            out += [0.0, np.nan, np.nan]
+            continue
+        sizes = np.bincount(lab[mask], minlength=n + 1)[1:]
+        big = sizes[sizes >= min_px]
+        density = big.size / tile_mm2
+        mean_area = float(big.mean()) * mpp * mpp if big.size else np.nan
+        edges = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
+        area_px = int(sizes.sum())
+        bpa = edges / (area_px * mpp) if area_px else np.nan
+        out += [float(density), mean_area, float(bpa)]
+    return out
+
+
 def tile_group_features(
     h: np.ndarray, e: np.ndarray, mpp: float, grads: tuple[np.ndarray, np.ndarray] | None = None
 ) -> dict[str, float]:
@@ -281,34 +357,43 @@ def tile_group_features(
     if grads is None:
         grads = (gradient_magnitude(h, mpp), gradient_magnitude(e, mpp))
     vals: list[float] = []
-    glcm_q = []
+    glcm_vals: list[float] = []
+    npx = h.size
+    bg = (h + e) < np.float32(BACKGROUND_OD)
+    stained = _scratch("tile_w64", npx, np.float64)  # 0/1 weights: float64 dot products are masked sums
+    np.logical_not(bg.ravel(), out=stained, casting="unsafe")
+    x64 = _scratch("tile_x64", npx, np.float64)
+    work = _scratch("tile_work64", npx, np.float64)
+    idx = _scratch("tile_idx", npx, np.intp)
+    q16 = _scratch("tile_q16", npx, np.uint16).reshape(h.shape)
+    shift = _HIST_BINS.bit_length() - GLCM_LEVELS.bit_length()
+    stained_sum = []
     for img, (_k, _s, rng) in zip((h, e), _STAINS):
-        mean, std, skew, kurt = _moments(img)
-        idx = _quantise(img, rng[0], rng[1], _HIST_BINS)  # one quantisation for the histogram and the GLCM
+        np.copyto(x64, img.ravel())
+        stained_sum.append(float(np.dot(x64, stained)))
+        mean, std, skew, kurt = _moments_inplace(x64, work)
+        _quantise(img, rng[0], rng[1], _HIST_BINS, out=idx)  # one quantisation for the histogram and the GLCM
         counts = np.bincount(idx, minlength=_HIST_BINS)
         p10, p50, p90 = _quantiles_from_counts(counts, rng[0], rng[1], (0.1, 0.5, 0.9))
         c64 = counts.reshape(64, -1).sum(axis=1).astype(np.float64)
         pr = c64[c64 > 0] / c64.sum()
         ent = float(-(pr * np.log2(pr)).sum())
         vals += [mean, std, p10, p50, p90, skew, kurt, ent]
-        shift = _HIST_BINS.bit_length() - GLCM_LEVELS.bit_length()
-        glcm_q.append((idx >> shift).astype(np.uint16).reshape(img.shape))
-    for img, (_k, _s, rng), q in zip((h, e), _STAINS, glcm_q):
-        vals += list(_glcm_features(img, rng, mpp, q=q).ravel())
+        np.right_shift(idx, shift, out=q16.reshape(-1), casting="unsafe")
+        glcm_vals += list(_glcm_features(img, rng, mpp, q=q16).ravel())
+    vals += glcm_vals
     for g in grads:
-        g64 = g.astype(np.float64).ravel()
-        gm = float(g64.mean())
-        gs = float(np.sqrt(max(float(np.dot(g64, g64)) / g64.size - gm * gm, 0.0)))
+        np.copyto(x64, g.ravel())
+        gm = float(x64.mean())
+        gs = float(np.sqrt(max(float(np.dot(x64, x64)) / x64.size - gm * gm, 0.0)))
         (g90,), _ = _hist_quantiles(g, GRAD_RANGE[0], GRAD_RANGE[1], (0.9,))
         vals += [gm, gs, float(g90)]
     tile_mm2 = h.size * mpp * mpp * 1e-6
-    bg = (h + e) < np.float32(BACKGROUND_OD)
     hpos = h >= np.float32(H_POSITIVE_OD)
     epos = (e >= np.float32(E_POSITIVE_OD)) & ~hpos & ~bg
     n = float(h.size)
-    esum = float(np.sum(e, where=~bg, dtype=np.float64))
-    ratio = float(np.sum(h, where=~bg, dtype=np.float64)) / esum if esum > 0 else np.nan
+    hsum, esum = stained_sum
+    ratio = hsum / esum if esum > 0 else np.nan
     vals += [np.count_nonzero(bg) / n, np.count_nonzero(hpos) / n, np.count_nonzero(epos) / n, ratio]
-    for mask in (hpos, epos):
-        vals += list(_region_features(mask, mpp, tile_mm2))
+    vals += _region_pair_features(hpos, epos, mpp, tile_mm2)
     return {info.name: float(v) for info, v in zip(CATALOG, vals, strict=True)}
