@@ -340,3 +340,23 @@ def test_widgets_load_through_the_plugin_manifest(make_napari_viewer):
     set_result(widgets["Analyse slide"].viewer, res)
     assert get_result(widgets["Export results"].viewer) is res and get_result(viewer) is res
     set_result(viewer, None)
+
+
+def test_model_tiling_sets_magnification_and_tile_size(make_napari_viewer, bundle_dir):
+    from napari_lnm._widgets.analyse import load_bundle
+
+    viewer = make_napari_viewer()
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lnm", "Analyse slide")
+    # the shipped demo model records its training tiling (20x, 256-px tiles): the form shows it, locked
+    assert (w.mag_combo.currentText(), w.tile_combo.currentText()) == ("20x", "256")
+    assert not w.tile_combo.isEnabled() and "set by the model" in w.tile_combo.toolTip()
+    w.model_edit.setText("")  # no model: the form decides again
+    w.model_edit.editingFinished.emit()
+    assert w.tile_combo.isEnabled() and w.mag_combo.isEnabled()
+    w.tile_combo.setCurrentText("512")
+    assert w.set_model_path(str(bundle_dir))
+    assert w.tile_combo.currentText() == "256" and not w.tile_combo.isEnabled()
+    w.tile_combo.setCurrentText("512")  # even if changed programmatically, the run uses the model's tiling
+    cfg = w.config(load_bundle(str(bundle_dir)))
+    assert (cfg.magnification, cfg.tile_size, cfg.segmentation) == (20.0, 256, "threshold")
+    assert w.tile_combo.currentText() == "256"

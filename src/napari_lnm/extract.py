@@ -260,7 +260,7 @@ def extract_tiles(path: str, xs: Sequence[int], ys: Sequence[int], config: Tilin
         for i, (x, y) in enumerate(zip(xs, ys)):
             check_stop(should_stop)
             rgb = read_tile(slide, int(x), int(y), config)
-            feats = tile_features(rgb, config.mpp)
+            feats = tile_features(rgb, config.mpp, config.segmentation)
             out[i] = [feats.get(n, np.nan) for n in names]
             report(progress, i + 1, len(xs), f"tile {i + 1}/{len(xs)}")
     return out

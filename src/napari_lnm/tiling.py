@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from napari_lnm.errors import UserError
+from napari_lnm.nuclei import FOREGROUNDS as SEGMENTATIONS
 from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
 
 __all__ = ["TilingConfig", "tile_slide", "read_tile", "tile_size_level0", "ALLOWED_TILE_SIZES",
@@ -22,7 +23,12 @@ TILE_COLUMNS = ["x", "y", "size", "tissue_fraction"]
 @dataclass(frozen=True)
 class TilingConfig:
     """Tiling at ``magnification`` (µm/px = 10 / magnification), ``tile_size`` px side, ``overlap`` fraction 0..<1,
-    ``min_tissue`` fraction 0..1, optional ``max_tiles`` drawn at random with ``seed``."""
+    ``min_tissue`` fraction 0..1, optional ``max_tiles`` drawn at random with ``seed``; ``segmentation`` is the
+    nucleus foreground the tiles' features are computed with (``napari_lnm.nuclei.FOREGROUNDS``).
+
+    These are all the settings that decide a tile's features, so they travel together: into each
+    feature file's provenance (a change re-extracts), into a trained bundle, and from there into
+    prediction, which must segment as the training cohort was segmented."""
 
     magnification: float = 20.0
     tile_size: int = 512
@@ -30,6 +36,7 @@ class TilingConfig:
     min_tissue: float = 0.5
     max_tiles: Optional[int] = None
     seed: int = 0
+    segmentation: str = "threshold"  # "threshold" (default, fast) or "model" (pixel classifier, ~3x slower)
 
     def __post_init__(self) -> None:
         if float(self.magnification) not in ALLOWED_MAGNIFICATIONS:
@@ -43,6 +50,8 @@ class TilingConfig:
             raise UserError(f"minimum tissue fraction must be in [0, 1], got {self.min_tissue}")
         if self.max_tiles is not None and (int(self.max_tiles) != self.max_tiles or int(self.max_tiles) < 1):
             raise UserError(f"max tiles must be a positive integer, got {self.max_tiles}")
+        if self.segmentation not in SEGMENTATIONS:
+            raise UserError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, got {self.segmentation!r}")
         object.__setattr__(self, "magnification", float(self.magnification))
         object.__setattr__(self, "tile_size", int(self.tile_size))
         object.__setattr__(self, "overlap", float(self.overlap))

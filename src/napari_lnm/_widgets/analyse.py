@@ -77,6 +77,16 @@ def load_bundle(path: str):
         raise ModelError(f"{p}: not a napari-lnm model bundle ({type(exc).__name__}: {exc})") from None
 
 
+def _recorded_tiling(bundle):
+    """The TilingConfig a bundle was trained with, or None when it records none (e.g. trained from tables)."""
+    if bundle is None:
+        return None
+    from napari_lnm.pipeline import _bundle_config, tiling_config_for
+
+    tiling = getattr(bundle, "tiling", None) or _bundle_config(bundle).get("tiling")
+    return tiling_config_for(bundle) if tiling else None
+
+
 class AnalyseWidget(QWidget):
     """Dock widget: pick slide, ROI, model and tiling, run the prediction, show results as layers."""
 
@@ -128,6 +138,7 @@ class AnalyseWidget(QWidget):
         form.addRow("ROI", roi_row)
         self.model_edit = QLineEdit(str(DEMO_MODEL) if DEMO_MODEL.is_dir() else "")
         self.model_edit.setPlaceholderText("model bundle folder")
+        self.model_edit.editingFinished.connect(self._on_model_edited)
         form.addRow("Model", path_row(self.model_edit, self._browse_model))
         self.subtype_edit = QLineEdit("")
         self.subtype_edit.setPlaceholderText("optional: subtype CNN folder (routes to per-subtype models)")
@@ -140,6 +151,7 @@ class AnalyseWidget(QWidget):
         self.tile_combo.addItems(TILE_SIZES)
         self.tile_combo.setCurrentText("512")
         form.addRow("Tile size (px)", self.tile_combo)
+        self._on_model_edited()
         self.max_tiles = QSpinBox(minimum=0, maximum=100000, value=200)
         self.max_tiles.setSpecialValueText("all")
         form.addRow("Max tiles", self.max_tiles)
@@ -277,21 +289,50 @@ class AnalyseWidget(QWidget):
         """Set the model bundle; a wrong file gives a napari notification and returns False."""
         self.model_edit.setText(str(path))
         try:
-            load_bundle(path)
+            self._show_tiling(load_bundle(path))
         except UserError as exc:
             notify_error(exc)
             return False
         return True
+
+    def _on_model_edited(self) -> None:
+        """The model path was typed: show its tiling (a wrong path is reported when Run is pressed)."""
+        try:
+            self._show_tiling(load_bundle(self.model_edit.text()))
+        except UserError:
+            self._show_tiling(None)
+
+    def _show_tiling(self, bundle) -> None:
+        """Lock magnification and tile size to the bundle's training tiling, if it records one."""
+        recorded = _recorded_tiling(bundle)
+        for combo in (self.mag_combo, self.tile_combo):
+            combo.setEnabled(recorded is None)
+        if recorded is None:
+            self.mag_combo.setToolTip("")
+            self.tile_combo.setToolTip("")
+            return
+        self.mag_combo.setCurrentText(f"{recorded.magnification:g}x")
+        self.tile_combo.setCurrentText(str(recorded.tile_size))
+        tip = (f"set by the model: trained on {recorded.tile_size} px tiles at {recorded.magnification:g}x, "
+               f"{recorded.segmentation} nucleus segmentation")
+        self.mag_combo.setToolTip(tip)
+        self.tile_combo.setToolTip(tip)
 
     def slide_layer(self):
         """The currently chosen slide layer, or None."""
         name = self.slide_combo.currentText()
         return self.viewer.layers[name] if name and name in self.viewer.layers else None
 
-    def config(self):
-        """The TilingConfig from the form."""
+    def config(self, bundle=None):
+        """The TilingConfig: the bundle's training tiling (magnification, tile size, tissue, segmentation)
+        when it records one, else the form's; max tiles and seed always from the form."""
         from napari_lnm.tiling import TilingConfig
 
+        if _recorded_tiling(bundle) is not None:
+            from napari_lnm.pipeline import tiling_config_for
+
+            self._show_tiling(bundle)
+            return tiling_config_for(bundle, max_tiles=self.max_tiles.value() or None, seed=self.seed.value())
         return TilingConfig(
             magnification=float(self.mag_combo.currentText().rstrip("x")),
             tile_size=int(self.tile_combo.currentText()),
@@ -347,7 +388,7 @@ class AnalyseWidget(QWidget):
             rois = rois_from_shapes(shapes, layer)
         model_path = self.model_edit.text()
         bundle = load_bundle(model_path)
-        config = self.config()
+        config = self.config(bundle)
         work_mpp = config.mpp
         subtype_model = self.subtype_edit.text().strip() or None
         if subtype_model and not Path(subtype_model).expanduser().is_dir():

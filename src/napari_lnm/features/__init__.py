@@ -92,8 +92,10 @@ def features_from_images(
     return out, table.centroids
 
 
-def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None) -> TileAnalysis:
-    """Deconvolve, segment (unless ``labels`` is given) and compute all features of an RGB uint8 tile at ``mpp`` µm/px."""
+def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None,
+                 segmentation: str = "threshold") -> TileAnalysis:
+    """Deconvolve, segment (unless ``labels`` is given; ``segmentation`` = the nucleus foreground,
+    ``napari_lnm.nuclei.FOREGROUNDS``) and compute all features of an RGB uint8 tile at ``mpp`` µm/px."""
     from napari_lnm.stain import as_rgb, separate
 
     mpp = _check_mpp(mpp)
@@ -104,7 +106,7 @@ def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None) 
     if labels is None:
         from napari_lnm.nuclei import segment_nuclei
 
-        labels = segment_nuclei(rgb, mpp, h=h)
+        labels = segment_nuclei(rgb, mpp, h=h, foreground=segmentation)
     labels = np.asarray(labels)
     if labels.shape != rgb.shape[:2]:
         raise UserError(f"tile: label image shape {labels.shape} does not match the tile {rgb.shape[:2]}")
@@ -112,9 +114,9 @@ def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None) 
     return TileAnalysis(h=h, e=e, labels=labels.astype(np.int32, copy=False), centroids=centroids, features=feats)
 
 
-def tile_features(rgb: np.ndarray, mpp: float) -> dict[str, float]:
+def tile_features(rgb: np.ndarray, mpp: float, segmentation: str = "threshold") -> dict[str, float]:
     """All features of one RGB uint8 tile at ``mpp`` µm/px, keys in ``feature_names()`` order (NaN where undefined)."""
-    return analyse_tile(rgb, mpp).features
+    return analyse_tile(rgb, mpp, segmentation=segmentation).features
 
 
 def features_frame(tiles: Sequence[np.ndarray], mpp: float, progress=None, should_stop=None):
