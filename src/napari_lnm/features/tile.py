@@ -301,15 +301,16 @@ def _glcm_features(img: np.ndarray, rng: tuple[float, float], mpp: float, stride
     return out
 
 
-def _region_features(mask: np.ndarray, mpp: float, tile_mm2: float) -> tuple[float, float, float]:
-    """Component density (1/mm²), mean component area (µm²), boundary length per area (1/µm) of a mask."""
-    lab = np.empty(mask.shape, dtype=np.intp)  # intp: bincount needs no conversion
+def _region_features(mask: np.ndarray, mpp: float, tile_mm2: float,
+                     lab: np.ndarray | None = None) -> tuple[float, float, float]:
+    """Component density (1/mm²), mean component area (µm²), boundary length per area (1/µm) of a mask;
+    ``lab``: an optional intp work array of the mask's shape for the component labels."""
+    lab = np.empty(mask.shape, dtype=np.intp) if lab is None else lab  # intp: bincount needs no conversion
     n = ndi.label(mask, output=lab)
     if n == 0:
         return 0.0, np.nan, np.nan
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-    min_px = MIN_REGION_UM2 / (mpp * mpp)
-    big = sizes[sizes >= min_px]
+    sizes = np.bincount(lab[mask], minlength=n + 1)[1:]
+    big = sizes[sizes >= MIN_REGION_UM2 / (mpp * mpp)]
     density = big.size / tile_mm2
     mean_area = float(big.mean()) * mpp * mpp if big.size else np.nan
     edges = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
@@ -325,22 +326,7 @@ def _region_pair_features(hpos: np.ndarray, epos: np.ndarray, mpp: float, tile_m
     pass over both masks does, costs more in page faults than it saves under glibc's default malloc.)
     """
     lab = _scratch("tile_regions", hpos.size, np.intp).reshape(hpos.shape)
-    min_px = MIN_REGION_UM2 / (mpp * mpp)
-    out: list[float] = []
-    for mask in (hpos, epos):
-        n = ndi.label(mask, output=lab)
-        if n == 0:
-            out += [0.0, np.nan, np.nan]
-            continue
-        sizes = np.bincount(lab[mask], minlength=n + 1)[1:]
-        big = sizes[sizes >= min_px]
-        density = big.size / tile_mm2
-        mean_area = float(big.mean()) * mpp * mpp if big.size else np.nan
-        edges = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
-        area_px = int(sizes.sum())
-        bpa = edges / (area_px * mpp) if area_px else np.nan
-        out += [float(density), mean_area, float(bpa)]
-    return out
+    return [*_region_features(hpos, mpp, tile_mm2, lab), *_region_features(epos, mpp, tile_mm2, lab)]
 
 
 def tile_group_features(
