@@ -1,13 +1,15 @@
 """Binary classifiers with one interface, saved as data (never pickle) and run with numpy at inference.
 
-Each classifier: ``fit(X, y) -> self``; ``predict_proba(X) -> (n,)`` probability of
+Each classifier: ``fit(X, y, groups=None) -> self`` (``groups``: patient id per row;
+inner cross-validation then never splits a patient, see :func:`inner_folds`); ``predict_proba(X) -> (n,)`` probability of
 class 1; ``contributions(X) -> (n, Q + 1)`` per-column contributions to the
 log-odds with the bias last; ``importance() -> (fscore, gain)`` per column;
 ``save(dir) -> dict`` (writes its files, returns JSON-able metadata);
 ``load(dir, meta)`` (classmethod).
 
 - ``xgboost``: ``binary:logistic``, eval metric AUC, the number of trees chosen
-  by stratified internal cross-validation (``xgboost.cv``, early stopping after
+  by stratified (patient-grouped when ``groups`` repeat) internal cross-validation
+  (``xgboost.cv``, early stopping after
   50 rounds without improvement) on the training data only, then refitted with
   that many rounds; ``scale_pos_weight = n_neg / n_pos``. Saved as ``model.ubj``.
   Contributions are ``pred_contribs`` (log-odds). NaNs are handled natively.
@@ -44,6 +46,42 @@ def _n_inner_folds(y: np.ndarray, wanted: int = 3) -> int:
     return int(max(2, min(wanted, np.bincount(y.astype(int), minlength=2).min())))
 
 
+def _both_classes(y: np.ndarray, splits) -> bool:
+    return all(np.unique(y[tr]).size == 2 and np.unique(y[te]).size == 2 for tr, te in splits)
+
+
+def inner_folds(y, groups=None, wanted: int = 3, seed: int = 0) -> tuple[list[tuple[np.ndarray, np.ndarray]], bool]:
+    """Inner-CV folds as (train_idx, test_idx) row-index pairs, and whether they are grouped by patient.
+
+    With ``groups`` (one patient id per row) that repeat, ``StratifiedGroupKFold``
+    (shuffled, ``seed``) with k = min(``wanted``, patients of the rarer class)
+    folds, lowered until every train and test part holds both classes; a
+    patient's rows then never sit on both sides of a fold. Without ``groups``,
+    when every patient has one row, or when no grouped split with both classes
+    on each side exists (fewer than 2 patients of a class), the folds are the
+    ``StratifiedKFold(min(wanted, rows of the rarer class), shuffle, seed)`` that
+    ``xgboost.cv(stratified=True)`` builds, so results without groups are unchanged.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    y = np.asarray(y).astype(int)
+    dummy = np.zeros((len(y), 1))
+    if groups is not None:
+        g = np.asarray(groups).astype(str)
+        if g.shape != y.shape:
+            raise ValueError(f"groups has {g.size} values for {y.size} rows")
+        _, gi = np.unique(g, return_inverse=True)
+        if gi.max(initial=-1) + 1 < len(y):
+            k_max = min(int(wanted), *(np.unique(gi[y == c]).size for c in (0, 1)))
+            for k in range(k_max, 1, -1):
+                sgk = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=int(seed))
+                splits = [(tr, te) for tr, te in sgk.split(dummy, y, gi)]
+                if _both_classes(y, splits):
+                    return splits, True
+    skf = StratifiedKFold(n_splits=_n_inner_folds(y, wanted), shuffle=True, random_state=int(seed))
+    return [(tr, te) for tr, te in skf.split(dummy, y)], False
+
+
 class Classifier:
     """Base class (see module docstring)."""
 
@@ -52,6 +90,7 @@ class Classifier:
     def __init__(self, seed: int = 0, nthread: int = 1) -> None:
         self.seed = int(seed)
         self.nthread = int(nthread)
+        self.inner_grouped = False  # set by fit: whether the inner CV folds were grouped by patient
 
     def importance(self, X: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(fscore, gain) per column; default: mean |contribution| over X for both."""
@@ -83,8 +122,8 @@ class XGBoostClassifier(Classifier):
                     nthread=self.nthread, scale_pos_weight=n_neg / max(n_pos, 1.0), verbosity=0,
                     **self.params_extra)
 
-    def fit(self, X, y):
-        """Choose the number of trees by stratified inner CV with early stopping, then refit on all of X."""
+    def fit(self, X, y, groups=None):
+        """Choose the number of trees by inner CV (patient-grouped with ``groups``) with early stopping, then refit on all of X."""
         import xgboost as xgb
 
         X = np.asarray(X, dtype=np.float32)
@@ -92,9 +131,9 @@ class XGBoostClassifier(Classifier):
         self.n_columns = X.shape[1]
         params = self._params(y)
         dtrain = xgb.DMatrix(X, label=y, nthread=self.nthread)
-        hist = xgb.cv(params, dtrain, num_boost_round=self.max_rounds, nfold=_n_inner_folds(y),
-                      stratified=True, early_stopping_rounds=self.early_stopping, seed=self.seed,
-                      shuffle=True, as_pandas=False)
+        folds, self.inner_grouped = inner_folds(y, groups, wanted=3, seed=self.seed)
+        hist = xgb.cv(params, dtrain, num_boost_round=self.max_rounds, folds=folds,
+                      early_stopping_rounds=self.early_stopping, seed=self.seed, as_pandas=False)
         self.n_rounds = max(1, len(hist["test-auc-mean"]))
         self.booster = xgb.train(params, dtrain, num_boost_round=self.n_rounds)
         return self
@@ -210,7 +249,8 @@ class LogisticClassifier(_NumpyClassifier):
 
     kind = "logreg"
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
+        """Fit on standardised X (no inner CV, so ``groups`` is not needed)."""
         from sklearn.linear_model import LogisticRegression
 
         Z = self._fit_scaler(X)
@@ -247,9 +287,9 @@ class SVMClassifier(_NumpyClassifier):
 
     kind = "svm"
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
+        """Fit the SVM; Platt scaling on inner-CV decision values (folds grouped by patient with ``groups``)."""
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold
         from sklearn.svm import SVC
 
         y = np.asarray(y).astype(int)
@@ -257,8 +297,8 @@ class SVMClassifier(_NumpyClassifier):
         mk = lambda: SVC(kernel="rbf", C=1.0, gamma="scale", class_weight="balanced")  # noqa: E731
         # Platt scaling on decision values the SVM did not see (inner CV), as libsvm does
         dec = np.zeros(len(y))
-        skf = StratifiedKFold(n_splits=_n_inner_folds(y, 5), shuffle=True, random_state=self.seed)
-        for tr, te in skf.split(Z, y):
+        folds, self.inner_grouped = inner_folds(y, groups, wanted=5, seed=self.seed)
+        for tr, te in folds:
             dec[te] = mk().fit(Z[tr], y[tr]).decision_function(Z[te])
         platt = LogisticRegression(C=1e6, max_iter=1000).fit(dec[:, None], y)
         self.platt_ = np.array([-float(platt.coef_[0, 0]), -float(platt.intercept_[0])])  # P=1/(1+exp(A f+B))
@@ -298,7 +338,8 @@ class MLPClassifier(_NumpyClassifier):
         super().__init__(seed, nthread)
         self.hidden = tuple(int(h) for h in hidden)
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
+        """Fit the MLP on standardised X (no inner CV, so ``groups`` is not needed)."""
         import warnings
 
         from sklearn.neural_network import MLPClassifier as SkMLP

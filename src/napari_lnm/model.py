@@ -80,6 +80,23 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- clinical
+class ClinicalWarning(UserWarning):
+    """A clinical value the model can use only partly, e.g. a category not seen in training (encoded as no level)."""
+
+
+def clinical_frame(clinical, source: str = "clinical values") -> pd.DataFrame | None:
+    """Clinical values of one or more slides as a DataFrame: a dict -> one row, a DataFrame as is, None stays None."""
+    if clinical is None:
+        return None
+    if isinstance(clinical, pd.Series):
+        clinical = clinical.to_dict()
+    if isinstance(clinical, dict):
+        clinical = pd.DataFrame([clinical])
+    if isinstance(clinical, pd.DataFrame):  # text values stripped, as the training cohort CSV is read
+        return clinical.reset_index(drop=True).apply(lambda s: s.map(lambda v: v.strip() if isinstance(v, str) else v))
+    raise UserError(f"{source}: clinical values must be a dict or a pandas DataFrame, not {type(clinical).__name__}")
+
+
 @dataclass
 class ClinicalEncoder:
     """Clinical columns -> numbers: numeric standardised (training mean/sd, missing -> 0), categorical one-hot."""
@@ -132,6 +149,42 @@ class ClinicalEncoder:
                 cols.append(np.stack([(sv == lvl).to_numpy(dtype=np.float64) for lvl in self.categories[c]],
                                      axis=1) if self.categories[c] else np.zeros((n, 0)))
         return np.concatenate(cols, axis=1) if cols else np.zeros((n, 0))
+
+    def check(self, df: pd.DataFrame | None, source: str = "clinical values",
+              slide_ids: Sequence[str] | None = None) -> list[str]:
+        """Validate clinical values for prediction; return warnings, raise UserError (naming ``source``) on bad input.
+
+        Every model column must be present and every value given: a missing column,
+        a missing value or a non-number in a numeric column is an error. A category
+        not seen in training is encoded as no level (all-zero one-hot, as
+        scikit-learn's ``handle_unknown="ignore"``) and reported as a warning.
+        """
+        if df is None:
+            raise UserError(f"{source}: no clinical values given; the model needs {', '.join(self.columns)}")
+        absent = [c for c in self.columns if c not in df.columns]
+        if absent:
+            raise UserError(f"{source}: clinical column(s) {', '.join(absent)} missing (the model needs "
+                            f"{', '.join(self.columns)})")
+        ids = [str(i) for i in slide_ids] if slide_ids is not None else (
+            df["slide_id"].astype(str).tolist() if "slide_id" in df.columns else [str(i + 1) for i in range(len(df))])
+        out = []
+        for c in self.columns:
+            s = df[c].reset_index(drop=True)
+            s = s.where(~s.astype(str).str.strip().isin(["", "nan", "NaN", "None", "NA"]) & s.notna(), None)
+            if s.isna().any():
+                raise UserError(f"{source}: slide {ids[int(np.flatnonzero(s.isna().to_numpy())[0])]!r} has no "
+                                f"value for clinical column {c!r}")
+            if c in self.numeric:
+                num = pd.to_numeric(s, errors="coerce")
+                if num.isna().any():
+                    i = int(np.flatnonzero(num.isna().to_numpy())[0])
+                    raise UserError(f"{source}: slide {ids[i]!r}: clinical column {c!r} needs a number, got {s[i]!r}")
+            else:
+                for i, v in enumerate(s.map(lambda v: str(v).strip())):
+                    if v not in self.categories[c]:
+                        out.append(f"slide {ids[i]!r}: {c}={v!r} was not seen in training (known: "
+                                   f"{', '.join(self.categories[c])}); encoded as no level")
+        return out
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -521,7 +574,8 @@ def _clinical_info(enc: ClinicalEncoder) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["element", "feature", "bin", "bin_lo", "bin_hi", "stat"])
 
 
-def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None) -> ModelBundle:
+def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
+                  groups: np.ndarray | None = None) -> ModelBundle:
     fusion = make_fusion(config.fusion, bins=config.bins, edges=config.edges, p=config.p)
     fusion.fit(tables, feature_names)
     F = fusion.transform(tables)
@@ -534,7 +588,7 @@ def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.Da
         enc = ClinicalEncoder.fit(clinical if clinical is not None else pd.DataFrame(), config.clinical)
         X = np.concatenate([X, enc.transform(clinical.reset_index(drop=True), len(tables))], axis=1)
         info = pd.concat([info, _clinical_info(enc)], ignore_index=True)
-    clf = make_classifier(config.classifier, seed=config.seed, nthread=config.nthread).fit(X, y)
+    clf = make_classifier(config.classifier, seed=config.seed, nthread=config.nthread).fit(X, y, groups=groups)
     names = list(sel.names) + (enc.names if enc else [])
     imp = _importance(clf, X, y, names, info)
     cfg = config.to_dict()
@@ -543,13 +597,20 @@ def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.Da
     cfg["n_slides"] = int(len(y))
     cfg["n_positive"] = int(y.sum())
     cfg["selection_message"] = sel.message
+    if getattr(clf, "inner_grouped", False):  # recorded only when true: ungrouped bundles stay as before
+        cfg["inner_cv"] = "grouped by patient"
     return ModelBundle(feature_names, fusion, sel, clf, cfg, imp, clinical=enc)
 
 
 def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | None = None,
                 clinical: pd.DataFrame | None = None, subtypes: Sequence | None = None,
-                feature_names: Sequence[str] | None = None, progress=None, should_stop=None) -> ModelBundle:
+                feature_names: Sequence[str] | None = None, progress=None, should_stop=None,
+                groups: Sequence | None = None) -> ModelBundle:
     """Fit fusion, selection, clinical encoding and classifier on all given slides -> ModelBundle.
+
+    ``groups``: patient id per slide (e.g. the cohort's ``patient_id``); the
+    classifier's inner CV (XGBoost's number of trees, SVM's Platt scaling) then
+    keeps each patient's slides on one side of every inner fold.
 
     With ``config.per_subtype`` and ``subtypes`` (one value per slide), also one
     bundle per subtype in ``bundle.subtype_models``; a subtype with fewer than
@@ -568,8 +629,9 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
         raise CohortError("training needs at least 2 slides of each class")
     if clinical is not None:
         clinical = clinical.reset_index(drop=True)
+    groups = _check_groups(groups, len(y))
     check_stop(should_stop)
-    bundle = _train_single(tables, y, config, feature_names, clinical)
+    bundle = _train_single(tables, y, config, feature_names, clinical, groups)
     if config.per_subtype:
         if subtypes is None:
             raise CohortError("--per-subtype needs a 'subtype' column in the cohort")
@@ -589,7 +651,8 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
                 idx = np.flatnonzero(m)
                 sub_cfg = TrainConfig.from_dict({**config.to_dict(), "per_subtype": False})
                 sub = _train_single([tables[j] for j in idx], y[idx], sub_cfg, feature_names,
-                                    None if clinical is None else clinical.iloc[idx])
+                                    None if clinical is None else clinical.iloc[idx],
+                                    None if groups is None else groups[idx])
                 sub.config["subtype"] = name
                 if not np.any(np.nan_to_num(sub.importance["gain"].to_numpy(dtype=np.float64)) > 0):
                     # e.g. XGBoost with too few slides to make a single split: a constant 0.5, worse than pooled
@@ -602,6 +665,19 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
 
 
 train = train_model  # the name docs/architecture.md lists
+
+
+def _check_groups(groups, n: int) -> np.ndarray | None:
+    """Patient ids as a string array of length n (None stays None; a missing id makes the slide its own patient)."""
+    if groups is None:
+        return None
+    s = pd.Series(groups.to_numpy() if isinstance(groups, pd.Series) else list(groups), dtype=object)
+    if len(s) != n:
+        raise CohortError(f"{len(s)} patient ids for {n} slides")
+    out = s.astype(str).to_numpy()
+    miss = s.isna().to_numpy()
+    out[miss] = [f"\0slide{i}" for i in np.flatnonzero(miss)]
+    return out
 
 
 def _folds(y: np.ndarray, groups, n_splits: int, seed: int) -> tuple[np.ndarray, bool]:
@@ -648,6 +724,7 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
     if clinical is not None:
         clinical = clinical.reset_index(drop=True)
     fold, grouped = _folds(y, groups, config.cv, config.seed)
+    g = _check_groups(groups, len(y))
     oof = np.full(len(y), np.nan)
     oof_img = np.full(len(y), np.nan) if config.clinical else None
     routed = config.per_subtype and subtypes is not None
@@ -661,8 +738,9 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
         ttr, tte = [tables[i] for i in tr], [tables[i] for i in te]
         ctr = None if clinical is None else clinical.iloc[tr]
         cte = None if clinical is None else clinical.iloc[te]
+        gtr = None if g is None else g[tr]  # the inner CV of every fold is grouped by patient too
         b = train_model(ttr, y[tr], config, clinical=ctr, subtypes=None if st is None else [st[i] for i in tr],
-                        feature_names=feature_names)
+                        feature_names=feature_names, groups=gtr)
         if routed:
             oof_pool[te] = b.predict_proba(tte, cte)
             for j, i in enumerate(te):
@@ -672,7 +750,8 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
             oof[te] = b.predict_proba(tte, cte)
         if oof_img is not None:
             cfg_img = TrainConfig.from_dict({**config.to_dict(), "clinical": [], "per_subtype": False})
-            oof_img[te] = train_model(ttr, y[tr], cfg_img, feature_names=feature_names).predict_proba(tte)
+            oof_img[te] = train_model(ttr, y[tr], cfg_img, feature_names=feature_names,
+                                      groups=gtr).predict_proba(tte)
         fold_aucs.append(roc_auc(y[te], oof[te]))
         n_sel.append(len(b.selection.indices))
         msgs.append(b.selection.message)

@@ -509,7 +509,7 @@ def _analyse_tiles(slide: Any, xs: Sequence[int], ys: Sequence[int], config: Any
     segments: Optional[list] = [] if keep_images else None
     for i, (x, y) in enumerate(zip(xs, ys)):
         check_stop(should_stop)
-        ta = analyse_tile(read_tile(slide, int(x), int(y), config), float(config.mpp))
+        ta = analyse_tile(read_tile(slide, int(x), int(y), config), float(config.mpp), segmentation=config.segmentation)
         feats[i] = [ta.features.get(k, np.nan) for k in names]
         if keep_images:
             analyses.append(ta)
@@ -710,6 +710,34 @@ def _analyse_parallel(path: str, mpp: float, xs: np.ndarray, ys: np.ndarray, con
     return feats, analyses, segments
 
 
+def _stem(slide_or_path: Any) -> str:
+    """A slide id for messages: the file stem of a path or of an open slide's path."""
+    return Path(str(getattr(slide_or_path, "path", slide_or_path))).stem
+
+
+def _check_clinical(bundle: Any, clinical: Any, slide_id: str, warn: bool) -> Optional[pd.DataFrame]:
+    """The slide's clinical values as a one-row DataFrame of the bundle's columns (None without values or columns)."""
+    import warnings
+
+    from napari_lnm.model import ClinicalWarning, clinical_frame
+
+    if clinical is None:
+        return None
+    df = clinical_frame(clinical, source=f"clinical values of slide {slide_id}")
+    if len(df) != 1:
+        raise UserError(f"clinical values of slide {slide_id}: expected one row, got {len(df)}")
+    enc = getattr(bundle, "clinical", None)
+    if enc is None or not enc.columns:
+        if warn is False:
+            warnings.warn(f"slide {slide_id}: the model uses no clinical columns; the clinical values are ignored",
+                          ClinicalWarning, stacklevel=3)
+        return None
+    for msg in enc.check(df, source=f"clinical values of slide {slide_id}", slide_ids=[slide_id]):
+        if warn:
+            warnings.warn(msg, ClinicalWarning, stacklevel=3)
+    return df[list(enc.columns)]
+
+
 def predict_slide(
     slide_or_path: Any,
     bundle: Any,
@@ -724,6 +752,7 @@ def predict_slide(
     progress: Optional[ProgressFn] = None,
     should_stop: Optional[StopFn] = None,
     workers: int = 1,
+    clinical: Any = None,
 ) -> Prediction:
     """Predict the metastasis probability of one slide and explain it (tiles level-0 px, features in µm/µm²/OD).
 
@@ -739,6 +768,11 @@ def predict_slide(
     at least ``MIN_PARALLEL_TILES`` tiles and is a file; the numbers are identical to
     ``workers=1``.  With ``keep_images``, ``Prediction.graph_segments`` also holds each
     tile's Voronoi/Delaunay display segments.
+    ``clinical``: the slide's clinical values (a dict or a one-row DataFrame) for a
+    model trained with clinical columns; checked before any tile is analysed (a
+    missing column or value raises UserError; a category unseen in training warns
+    ``model.ClinicalWarning`` and counts as no level), recorded in
+    ``Prediction.model["clinical"]``. None: the clinical columns count as missing.
     """
     from napari_lnm.features import feature_names
     from napari_lnm.tiling import tile_slide
@@ -749,6 +783,7 @@ def predict_slide(
 
         model_extra["path"] = str(bundle)
         bundle = ModelBundle.load(bundle)
+    clin = _check_clinical(bundle, clinical, slide_id or _stem(slide_or_path), warn=False)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     slide, opened = _open(slide_or_path, mpp)
@@ -833,8 +868,12 @@ def predict_slide(
         check_stop(should_stop)
         report(progress, n, n, "predicting")
         t1 = time.perf_counter()
-        prob = _float_prob(bundle.predict_proba(table))
-        contribs = bundle.contributions(table)
+        if clin is not None:  # warnings against the routed model's own categories
+            clin = _check_clinical(bundle, clin, sid, warn=True)
+            num = getattr(getattr(bundle, "clinical", None), "numeric", {})
+            model_extra["clinical"] = {str(k): float(v) if k in num else str(v) for k, v in clin.iloc[0].items()}
+        prob = _float_prob(bundle.predict_proba(table, clin) if clin is not None else bundle.predict_proba(table))
+        contribs = bundle.contributions(table, clin) if clin is not None else bundle.contributions(table)
         if not isinstance(contribs, pd.DataFrame):
             raise ModelError("the model bundle returned no contributions table")
         contribs = contribs.copy()

@@ -44,7 +44,7 @@ def train_job(cohort_csv: str, features_dir: str, out_dir: str, cv: int = 5, cla
                          slide_ids=cohort["slide_id"].astype(str).tolist(), progress=progress, should_stop=should_stop)
     if progress:
         progress(cfg.cv, cfg.cv, "training on all slides")
-    bundle = train_model(tables, labels, cfg, progress=progress, should_stop=should_stop)
+    bundle = train_model(tables, labels, cfg, progress=progress, should_stop=should_stop, groups=groups)
     bundle.cv_report = rep
     out = bundle.save(out_dir)
     return bundle, rep, Path(out)

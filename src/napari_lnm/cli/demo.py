@@ -18,6 +18,8 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from napari_lnm.errors import UserError
 
 HELP = "synthetic cohort -> features -> nested CV + XGBoost -> prediction on the bundled real slide"
@@ -142,7 +144,7 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
     else:
         groups = cohort["patient_id"] if "patient_id" in cohort.columns else None
         cvr = cross_validate(tables, y, groups=groups, config=tcfg, slide_ids=list(cohort["slide_id"]))
-        bundle = train_model(tables, y, tcfg)
+        bundle = train_model(tables, y, tcfg, groups=None if groups is None else np.asarray(groups, dtype=str))
         bundle.cv_report = cvr
         bundle.save(model_dir)
         _done(t0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,56 @@ def _jobs(args) -> list[dict]:
     return jobs
 
 
+def _read_clinical(csv: Path, bundle: Any, jobs: list[dict]) -> dict:
+    """{slide_id: one-row DataFrame of the model's clinical columns} from ``--clinical CSV``; UserError naming CSV."""
+    import pandas as pd
+
+    if not csv.is_file():
+        raise UserError(f"{csv}: clinical CSV not found")
+    try:
+        df = pd.read_csv(csv, dtype=str, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{csv}: not a readable CSV ({type(exc).__name__})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if "slide_id" not in df.columns:
+        raise UserError(f"{csv}: clinical table lacks a slide_id column")
+    df = df.apply(lambda s: s.str.strip())
+    dup = df["slide_id"][df["slide_id"].duplicated()]
+    if len(dup):
+        raise UserError(f"{csv}: duplicate slide_id {dup.iloc[0]!r}")
+    enc = getattr(bundle, "clinical", None)
+    if enc is None or not enc.columns:
+        print(f"warning: the model uses no clinical columns; {csv} is ignored", file=sys.stderr)
+        return {}
+    absent = [c for c in enc.columns if c not in df.columns]
+    if absent:
+        raise UserError(f"{csv}: clinical column(s) {', '.join(absent)} missing (the model needs "
+                        f"{', '.join(enc.columns)})")
+    rows = df.set_index("slide_id")[list(enc.columns)]
+    lacking = [j["slide_id"] for j in jobs if j["slide_id"] not in rows.index]
+    if lacking:
+        more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
+        raise UserError(f"{csv}: no row for slide {', '.join(repr(s) for s in lacking[:3])}{more} "
+                        f"(slide_id must match the slide file name or the cohort's slide_id)")
+    out = {}
+    for j in jobs:  # every slide checked before any is analysed; unknown categories warn during prediction
+        row = rows.loc[[j["slide_id"]]].reset_index(drop=True)
+        enc.check(row, source=str(csv), slide_ids=[j["slide_id"]])
+        out[j["slide_id"]] = row
+    return out
+
+
+def _job_key(run_key: str, clinical) -> str:
+    """The run key, extended by the slide's clinical values when there are any (resume redoes changed values)."""
+    import hashlib
+    import json
+
+    if clinical is None:
+        return run_key
+    values = json.dumps({str(k): str(v) for k, v in clinical.iloc[0].items()}, sort_keys=True)
+    return hashlib.sha256((run_key + values).encode()).hexdigest()[:16]
+
+
 def _summary_row(pred: Any, job: dict, out: Path) -> dict:
     """One line of summary.csv."""
     top = pred.top_features
@@ -137,7 +188,7 @@ def run(args) -> int:
     import pandas as pd
 
     from napari_lnm._atomic import atomic_path
-    from napari_lnm.model import ModelBundle
+    from napari_lnm.model import ClinicalWarning, ModelBundle
     from napari_lnm.pipeline import Prediction, default_workers, predict_slide, tiling_config_for
 
     if args.top_k < 1:
@@ -159,15 +210,22 @@ def run(args) -> int:
         subtype_model = SubtypeModel.load(args.subtype_model)
     out_root = Path(args.out)
     batch = len(jobs) > 1 or bool(args.cohort)
+    clinical = _read_clinical(Path(args.clinical), bundle, jobs) if args.clinical else {}
+    if getattr(bundle, "clinical", None) is not None and not args.clinical:
+        print(f"warning: {args.model} was trained with clinical columns "
+              f"({', '.join(bundle.clinical.columns)}) but no --clinical CSV was given; predict uses the image "
+              "only and treats them as missing", file=sys.stderr)
     run_key = _run_key(args, config)
     rows, failed = [], []
     for k, job in enumerate(jobs):
         out = out_root / _safe(job["slide_id"]) if batch else out_root
         done = out / "result.json"
+        clin = clinical.get(job["slide_id"])
+        job_key = _job_key(run_key, clin)
         if batch and done.is_file() and not args.force:
             try:
                 pred = Prediction.load(out)
-                if pred.model.get("run_key") == run_key:
+                if pred.model.get("run_key") == job_key:
                     print(f"[{k + 1}/{len(jobs)}] {job['slide_id']}: already done (P = {pred.probability:.3f}), "
                           "skipped")
                     rows.append(_summary_row(pred, job, out))
@@ -179,9 +237,16 @@ def run(args) -> int:
         bar = TqdmProgress(desc=f"[{k + 1}/{len(jobs)}] {job['slide_id']}" if batch else job["slide_id"],
                            disable=args.quiet)
         try:
-            pred = predict_slide(job["path"], bundle, rois=job["roi"], config=config, mpp=args.mpp,
-                                 subtype_model=subtype_model, top_k=args.top_k, n_key_tiles=args.key_tiles,
-                                 slide_id=job["slide_id"], progress=bar, workers=workers)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ClinicalWarning)
+                pred = predict_slide(job["path"], bundle, rois=job["roi"], config=config, mpp=args.mpp,
+                                     subtype_model=subtype_model, top_k=args.top_k, n_key_tiles=args.key_tiles,
+                                     slide_id=job["slide_id"], progress=bar, workers=workers, clinical=clin)
+            for w in caught:
+                if issubclass(w.category, ClinicalWarning):
+                    print(f"warning: {args.clinical}: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         except UserError as exc:
             bar.close()
             if not batch:
@@ -192,10 +257,7 @@ def run(args) -> int:
         finally:
             bar.close()
         pred.model.setdefault("path", str(args.model))
-        pred.model["run_key"] = run_key
-        if getattr(bundle, "clinical", None) is not None:
-            print(f"warning: {args.model} was trained with clinical columns; predict uses the image "
-                  "only and treats them as missing", file=sys.stderr)
+        pred.model["run_key"] = job_key
         pred.save(out)
         print_prediction(pred, out)
         rows.append(_summary_row(pred, job, out))
@@ -234,6 +296,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("slides", nargs="*", metavar="SLIDE", help="slide file(s) (SVS, NDPI, MRXS, TIFF, PNG/JPEG ...)")
     p.add_argument("--cohort", metavar="CSV", help="cohort CSV (slide_id,path[,label][,roi]) instead of SLIDEs")
+    p.add_argument("--clinical", metavar="CSV",
+                   help="clinical values for a model trained with --clinical: a CSV with slide_id and the model's "
+                        "clinical columns (extra columns ignored); slide_id = the slide's file name without "
+                        "extension, or the cohort's slide_id")
     p.add_argument("--roi", metavar="GEOJSON", help="region of interest (QuPath GeoJSON, level-0 px) for one slide")
     p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model bundle from napari-lnm train")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder")

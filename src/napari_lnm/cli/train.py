@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         report = cross_validate(tables, labels, groups, config, clinical=clinical, subtypes=subtypes,
                                 slide_ids=slide_ids, progress=progress)
     t_cv = time.perf_counter() - t0
-    bundle = train_model(tables, labels, config, clinical=clinical, subtypes=subtypes)
+    bundle = train_model(tables, labels, config, clinical=clinical, subtypes=subtypes, groups=groups)
     bundle.cv_report = report
     try:
         bundle.save(out)
