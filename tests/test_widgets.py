@@ -360,3 +360,39 @@ def test_model_tiling_sets_magnification_and_tile_size(make_napari_viewer, bundl
     cfg = w.config(load_bundle(str(bundle_dir)))
     assert (cfg.magnification, cfg.tile_size, cfg.segmentation) == (20.0, 256, "threshold")
     assert w.tile_combo.currentText() == "256"
+
+
+def test_clinical_values_reach_the_prediction(make_napari_viewer, qtbot, tmp_path):
+    from test_pipeline import make_tiny_slide
+    from test_predict_clinical import make_clinical_bundle
+
+    from napari_lnm._widgets._common import get_result
+    from napari_lnm._widgets.analyse import parse_clinical
+    from napari_lnm.errors import UserError
+
+    assert parse_clinical(" age = 71 ; stage=III, ") == {"age": "71", "stage": "III"}
+    assert parse_clinical("  ") is None
+    with pytest.raises(UserError, match="not column=value"):
+        parse_clinical("age 71")
+
+    model = make_clinical_bundle().save(tmp_path / "clinical_model")
+    slide = make_tiny_slide(tmp_path / "slide.tif", px=512)
+    viewer = make_napari_viewer()
+    _open(viewer, slide)
+    _dock, w = viewer.window.add_plugin_dock_widget("napari-lnm", "Analyse slide")
+    assert w.set_model_path(str(model))
+    assert w.clinical_edit.isEnabled() and w.clinical_edit.placeholderText() == "age=number; stage=I|II|III"
+    w.roi_combo.setCurrentText("auto tissue")
+    assert not w.run()  # the model needs its clinical values: a notification, nothing starts
+    w.clinical_edit.setText("age=80; stage=III")
+    assert w.run()
+    _wait_done(qtbot, w)
+    p_old = get_result(viewer).prediction
+    assert p_old.model["clinical"] == {"age": 80.0, "stage": "III"}
+    assert w.info_label.text().endswith("clinical: age 80, stage III")
+    w.clinical_edit.setText("age=40; stage=I")
+    assert w.run()
+    _wait_done(qtbot, w)
+    p_young = get_result(viewer).prediction
+    assert p_young.model["clinical"]["age"] == 40.0
+    assert p_old.probability != p_young.probability  # the values change the model's answer

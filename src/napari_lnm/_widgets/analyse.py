@@ -77,6 +77,20 @@ def load_bundle(path: str):
         raise ModelError(f"{p}: not a napari-lnm model bundle ({type(exc).__name__}: {exc})") from None
 
 
+def parse_clinical(text: str) -> Optional[dict]:
+    """``"age=71; stage=III"`` (``;`` or ``,`` between ``column=value`` pairs) -> dict; None for blank text."""
+    pairs = [p.strip() for p in text.replace(",", ";").split(";") if p.strip()]
+    if not pairs:
+        return None
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"clinical values: '{p}' is not column=value (e.g. age=71; stage=III)")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def _recorded_tiling(bundle):
     """The TilingConfig a bundle was trained with, or None when it records none (e.g. trained from tables)."""
     if bundle is None:
@@ -140,6 +154,8 @@ class AnalyseWidget(QWidget):
         self.model_edit.setPlaceholderText("model bundle folder")
         self.model_edit.editingFinished.connect(self._on_model_edited)
         form.addRow("Model", path_row(self.model_edit, self._browse_model))
+        self.clinical_edit = QLineEdit("")
+        form.addRow("Clinical values", self.clinical_edit)
         self.subtype_edit = QLineEdit("")
         self.subtype_edit.setPlaceholderText("optional: subtype CNN folder (routes to per-subtype models)")
         form.addRow("Subtype model", path_row(self.subtype_edit, self._browse_subtype))
@@ -303,7 +319,19 @@ class AnalyseWidget(QWidget):
             self._show_tiling(None)
 
     def _show_tiling(self, bundle) -> None:
-        """Lock magnification and tile size to the bundle's training tiling, if it records one."""
+        """Lock magnification and tile size to the bundle's training tiling, if it records one, and ask for
+        clinical values only when the model uses them."""
+        enc = getattr(bundle, "clinical", None)
+        cols = list(enc.columns) if enc is not None and enc.columns else []
+        self.clinical_edit.setEnabled(bool(cols))
+        if cols:
+            hint = "; ".join(f"{c}=" + ("number" if c in enc.numeric else "|".join(enc.categories.get(c, [])))
+                             for c in cols)
+            self.clinical_edit.setPlaceholderText(hint)
+            self.clinical_edit.setToolTip(f"the model uses clinical values: {hint}")
+        else:
+            self.clinical_edit.setPlaceholderText("the model uses none")
+            self.clinical_edit.setToolTip("")
         recorded = _recorded_tiling(bundle)
         for combo in (self.mag_combo, self.tile_combo):
             combo.setEnabled(recorded is None)
@@ -389,6 +417,11 @@ class AnalyseWidget(QWidget):
         model_path = self.model_edit.text()
         bundle = load_bundle(model_path)
         config = self.config(bundle)
+        clinical = parse_clinical(self.clinical_edit.text()) if self.clinical_edit.isEnabled() else None
+        enc = getattr(bundle, "clinical", None)
+        if clinical is None and enc is not None and enc.columns:
+            raise UserError(f"the model uses clinical values: enter {', '.join(enc.columns)} "
+                            f"(e.g. {self.clinical_edit.placeholderText()})")
         work_mpp = config.mpp
         subtype_model = self.subtype_edit.text().strip() or None
         if subtype_model and not Path(subtype_model).expanduser().is_dir():
@@ -399,7 +432,7 @@ class AnalyseWidget(QWidget):
             from napari_lnm.pipeline import default_workers, predict_slide
 
             with open_slide(path, mpp=mpp0) as slide:
-                pred = predict_slide(slide, bundle, rois=rois, config=config, keep_images=True,
+                pred = predict_slide(slide, bundle, rois=rois, config=config, keep_images=True, clinical=clinical,
                                      subtype_model=subtype_model, progress=progress, should_stop=should_stop,
                                      workers=default_workers())
                 real_mpp0 = float(slide.mpp)
@@ -586,6 +619,10 @@ class AnalyseWidget(QWidget):
         if isinstance(sub, dict) and sub.get("model_used"):
             model_name += f" [{sub['model_used']}]"
         parts.append(f"model: {model_name}")
+        clinical = (getattr(pred, "model", None) or {}).get("clinical")
+        if clinical:
+            parts.append("clinical: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                                   for k, v in clinical.items()))
         self.info_label.setText(" · ".join(parts))
 
     def _chart_panel(self) -> None:
