@@ -199,6 +199,7 @@ def test_analyse_shows_subtype_counts_and_overlay(make_napari_viewer, qtbot, sli
 
     # headline and the model used, with the reason from the bundle's routing
     assert w.subtype_label.isVisibleTo(w) and w.subtype_label.text().startswith(f"subtype: {subtype_title(name)}")
+    assert w.subtype_legend.isVisibleTo(w)  # the overlay checkbox and the CMS colour legend
     assert f"({sub['counts'][name]} of 4 tiles)" in w.subtype_label.text()
     assert sub["model_used"] == "CMS2" and sub["routing"] == bundle.subtype_routing["CMS2"] == "own model (8 slides)"
     assert w.subtype_model_label.text() == "LNM model: per-subtype CMS2 model (trained on 8 slides)"
@@ -264,6 +265,7 @@ def test_analyse_shows_subtype_counts_and_overlay(make_napari_viewer, qtbot, sli
     _run(qtbot, w)
     assert SUBTYPE_LAYER not in viewer.layers and get_result(viewer).prediction.subtype is None
     assert not w.subtype_label.isVisibleTo(w) and not w.subtype_model_label.isVisibleTo(w)
+    assert not w.subtype_legend.isVisibleTo(w)
     assert not w.subtype_chart.isVisibleTo(w.subtype_chart.parentWidget())
 
 

@@ -219,7 +219,10 @@ class AnalyseWidget(QWidget):
         self.overlay_box.setChecked(True)
         self.overlay_box.setToolTip("Show the per-tile subtype layer (needs a subtype model)")
         self.overlay_box.toggled.connect(self._set_overlay_visible)
-        sub_legend = QGridLayout()
+        self.subtype_legend = QWidget()  # shown only when a run had a subtype model
+        self.subtype_legend.setVisible(False)
+        sub_legend = QGridLayout(self.subtype_legend)
+        sub_legend.setContentsMargins(0, 0, 0, 0)
         sub_legend.addWidget(self.overlay_box, 0, 0, 1, 4)
         for i, (name, colour) in enumerate(SUBTYPE_COLOURS.items()):
             sw = QLabel()
@@ -239,7 +242,7 @@ class AnalyseWidget(QWidget):
         lay.addWidget(self.subtype_label)
         lay.addWidget(self.subtype_model_label)
         lay.addLayout(legend)
-        lay.addLayout(sub_legend)
+        lay.addWidget(self.subtype_legend)
         lay.addStretch(1)
 
     def _refresh_layers(self, event=None) -> None:
@@ -656,6 +659,7 @@ class AnalyseWidget(QWidget):
         self.subtype_label.setVisible(bool(head))
         self.subtype_model_label.setText(line)
         self.subtype_model_label.setVisible(bool(line))
+        self.subtype_legend.setVisible(bool(head))
         self._chart_panel()
         names, counts = subtype_counts(sub)
         if head and len(names):
