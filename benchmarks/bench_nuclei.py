@@ -56,7 +56,7 @@ def to_20x(rgb: np.ndarray) -> np.ndarray:
 
 def variants(methods, foregrounds) -> list[tuple[str, str, dict]]:
     """(label, method, keyword arguments) of every method x foreground combination."""
-    return [(m if fg == "threshold" else f"{m} + model fg", m, {"foreground": fg})
+    return [(m if fg == "threshold" else f"{m} + {fg} fg", m, {"foreground": fg})
             for m in methods for fg in foregrounds]
 
 
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--methods", default="lmc,watershed")
-    ap.add_argument("--foregrounds", default="threshold,model", help="foregrounds to score (threshold, model)")
+    ap.add_argument("--foregrounds", default="threshold,model", help="foregrounds to score (threshold, model, cnn)")
     ap.add_argument("--speed-only", action="store_true", help="skip the accuracy tables")
     ap.add_argument("--overlay", type=Path, default=None, help="write a PNG of truth vs LMC contours")
     ap.add_argument("--deep-weights", type=Path, default=None, help="also score method='deep' with this model")

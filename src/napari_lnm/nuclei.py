@@ -14,8 +14,10 @@ Methods
     probability > ``prob_threshold`` (an ilastik-style filter bank on H and E at scales in µm and a
     one-hidden-layer perceptron, numpy only, ``data/nuclei_pixel_model.npz``), and its nucleus-interior
     probability replaces the LoG term of the blob response: more accurate (AJI +0.02-0.03 on
-    nuclei-dev) but ~2.5-3x slower, hence not the default (see docs/benchmarks.md).
-``"watershed"`` — classical marker-controlled watershed: the same foreground (threshold or model);
+    nuclei-dev) but ~3x slower, hence not the default (see docs/benchmarks.md).
+    With ``foreground="cnn"`` both maps come from the shipped U-Net (``napari_lnm.nuclei_net``, needs
+    PyTorch): the most accurate (AJI +0.04-0.05 over the threshold), ~15x slower than the default.
+``"watershed"`` — classical marker-controlled watershed: the same foregrounds;
     seeds at prominent maxima of the smoothed distance transform, flooding the negated distance.
 ``"deep"`` — a user-supplied TorchScript model (``weights=path``) mapping RGB to instance labels or
     to nucleus probability / background-interior-boundary maps (split into instances by LMC).
@@ -39,7 +41,7 @@ __all__ = ["NucleiConfig", "PixelModel", "segment_nuclei", "pixel_probabilities"
            "pixel_features", "METHODS", "FOREGROUNDS", "PIXEL_MODEL_PATH", "relabel_consecutive"]
 
 METHODS = ("lmc", "watershed", "deep")
-FOREGROUNDS = ("model", "threshold")
+FOREGROUNDS = ("threshold", "model", "cnn")
 #: the shipped pixel classifier (numpy arrays only; regenerate with benchmarks/train_nuclei_pixel_model.py)
 PIXEL_MODEL_PATH = Path(__file__).resolve().parent / "data" / "nuclei_pixel_model.npz"
 
@@ -62,9 +64,9 @@ class NucleiConfig:
     log_weight: float = 1.0  # weight of the LoG term relative to the distance term (LMC)
     response_smooth: float = 1.0  # Gaussian of the blob response, in units of the LoG scale r/sqrt(2)
     seed_h: float = 0.5  # watershed option: minimum prominence of a distance peak (µm)
-    foreground: str = "threshold"  # "threshold" (Otsu of smoothed H) or "model" (shipped pixel classifier)
+    foreground: str = "threshold"  # "threshold" (Otsu of smoothed H), "model" (pixel classifier) or "cnn" (U-Net)
     prob_threshold: float = 0.45  # model foreground: nucleus probability above this
-    interior_weight: float = 1.0  # model: weight (µm) of the smoothed interior probability in the response
+    interior_weight: float | None = None  # weight (µm) of the interior probability in the response; None: 1 (model), 2 (cnn)
 
     def __post_init__(self) -> None:
         """Reject settings that cannot work, with a one-line UserError."""
@@ -85,7 +87,8 @@ class NucleiConfig:
             raise UserError(f"NucleiConfig: foreground must be one of {', '.join(FOREGROUNDS)}, got {self.foreground!r}")
         if not (isinstance(self.prob_threshold, (int, float)) and 0 < self.prob_threshold < 1):
             raise UserError(f"NucleiConfig: prob_threshold must be in (0, 1), got {self.prob_threshold!r}")
-        if not (isinstance(self.interior_weight, (int, float)) and np.isfinite(self.interior_weight)
+        if self.interior_weight is not None and not (
+                isinstance(self.interior_weight, (int, float)) and np.isfinite(self.interior_weight)
                 and self.interior_weight >= 0):
             raise UserError(f"NucleiConfig: interior_weight must be a number >= 0, got {self.interior_weight!r}")
 
@@ -439,10 +442,22 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return (np.float32(1.0) / (np.float32(1.0) + np.exp(-z))).astype(np.float32, copy=False)
 
 
+#: default weight (µm) of the interior probability in the LMC response, per learned foreground (tuned
+#: on the tuning slides of nuclei-dev: model 1 / 2 / 4 -> AJI 0.707 / 0.707 / 0.702; cnn 1 / 2 / 3 ->
+#: 0.708 / 0.716 / 0.716)
+_INTERIOR_WEIGHT = {"model": 1.0, "cnn": 2.0}
+
+
 def _model_foreground(rgb: np.ndarray, h: np.ndarray | None, mpp: float,
                       cfg: NucleiConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground mask (model probability > threshold, opened, holes filled) and interior probability."""
-    z = _model_logits(rgb, h, mpp, load_pixel_model())
+    """Foreground mask (probability > threshold, opened, holes filled) and interior probability, from
+    the shipped perceptron (``foreground="model"``) or the shipped U-Net (``"cnn"``, needs PyTorch)."""
+    if cfg.foreground == "cnn":
+        from .nuclei_net import unet_logits
+
+        z = unet_logits(*_stain_images(rgb, h), mpp)
+    else:
+        z = _model_logits(rgb, h, mpp, load_pixel_model())
     t = float(np.log(cfg.prob_threshold / (1.0 - cfg.prob_threshold)))
     fg = z[0] > np.float32(t)
     fg = _open(fg, cfg.open_radius_um / mpp)
@@ -650,14 +665,15 @@ def _max_clustering(resp: np.ndarray, mask: np.ndarray, radius_px: float,
 
 def _lmc(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
     """Local-maximum clustering of the H image (see module doc); labels before size filtering."""
-    if cfg.foreground == "model":
+    if cfg.foreground != "threshold":
         fg, interior = _model_foreground(rgb, h, mpp, cfg)
         if not fg.any():
             return np.zeros(h.shape, dtype=np.int32)
         # blob response (µm): smoothed distance to background plus the smoothed interior probability
         resp = _gauss(_distance(fg, mpp), 0.5 * cfg.response_smooth * cfg.nucleus_radius_um / np.sqrt(2.0) / mpp)
-        if cfg.interior_weight:
-            resp += np.float32(cfg.interior_weight) * _gauss(interior, 0.5 / mpp)
+        weight = cfg.interior_weight if cfg.interior_weight is not None else _INTERIOR_WEIGHT[cfg.foreground]
+        if weight:
+            resp += np.float32(weight) * _gauss(interior, 0.5 / mpp)
         return _max_clustering(resp, fg, cfg.seed_radius_um / mpp)
     hs = _gauss(h, cfg.smooth_sigma_um / mpp)
     fg = _foreground(hs, mpp, cfg)
@@ -671,7 +687,7 @@ def _lmc(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.nd
 def _classic_watershed(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
     """Marker-controlled watershed: seeds at prominent maxima of the smoothed distance transform of
     the foreground (model or threshold), flooding the negated distance inside it (skimage watershed)."""
-    if cfg.foreground == "model":
+    if cfg.foreground != "threshold":
         fg = _model_foreground(rgb, h, mpp, cfg)[0]
     else:
         fg = _foreground(_gauss(h, cfg.smooth_sigma_um / mpp), mpp, cfg)

@@ -36,7 +36,7 @@ class TilingConfig:
     min_tissue: float = 0.5
     max_tiles: Optional[int] = None
     seed: int = 0
-    segmentation: str = "threshold"  # "threshold" (default, fast) or "model" (pixel classifier, ~3x slower)
+    segmentation: str = "threshold"  # "threshold" (default, fast), "model" (pixel classifier) or "cnn" (U-Net)
 
     def __post_init__(self) -> None:
         if float(self.magnification) not in ALLOWED_MAGNIFICATIONS:

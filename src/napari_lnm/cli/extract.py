@@ -27,10 +27,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random tile draw (default 0)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a tile (default 0.5)")
     p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction (default 0)")
-    p.add_argument("--segmentation", choices=("threshold", "model"), default="threshold",
-                   help="nucleus foreground: 'threshold' (default, fast) or 'model' (the shipped pixel classifier: "
-                        "AJI 0.706 vs 0.669 on nuclei-dev, ~3x slower segmentation); a trained bundle remembers it "
-                        "and predict segments the same way")
+    p.add_argument("--segmentation", choices=("threshold", "model", "cnn"), default="threshold",
+                   help="nucleus foreground: 'threshold' (default, fast), 'model' (the shipped pixel classifier: "
+                        "more accurate, ~3x slower segmentation) or 'cnn' (the shipped U-Net, needs PyTorch: the most "
+                        "accurate, ~15x slower); a trained bundle remembers it and predict segments the same way")
     p.add_argument("--mpp", type=float, default=None, help="µm/px of the slide(s) when the metadata lacks it")
     p.add_argument("--roi", metavar="GEOJSON", default=None, help="ROI polygons (QuPath GeoJSON), single slide only")
     p.add_argument("--slide-id", default=None, help="slide id of a single slide (default: file name stem)")
