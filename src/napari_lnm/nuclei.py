@@ -552,6 +552,15 @@ def _watershed(surface: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np
     return watershed(surface, markers=markers, mask=mask)
 
 
+def _pointer_jump(parent: np.ndarray) -> np.ndarray:
+    """The root of every element of a forest given as a parent index array (roots point to themselves)."""
+    while True:
+        nxt = np.take(parent, parent)
+        if np.array_equal(nxt, parent):
+            return parent
+        parent = nxt
+
+
 #: the 8 neighbours (dy, dx) in raster order, and the lowest set bit of every byte (for _max_clustering)
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 _LOWEST_BIT = np.array([(b & -b).bit_length() - 1 if b else 0 for b in range(256)], dtype=np.intp)
@@ -618,12 +627,7 @@ def _max_clustering(resp: np.ndarray, mask: np.ndarray, radius_px: float,
         del flat, pidx, cur, v, better
     pos = np.empty(rows * cols, dtype=np.int32)  # image index -> compact index (mask pixels only)
     pos[inside] = np.arange(n, dtype=np.int32)
-    parent = np.take(pos, inside + step)
-    while True:  # pointer jumping on the compact parent array
-        nxt = np.take(parent, parent)
-        if np.array_equal(nxt, parent):
-            break
-        parent = nxt
+    parent = _pointer_jump(np.take(pos, inside + step))  # each mask pixel -> its local maximum
     rc = np.flatnonzero(step == 0)  # compact indices of the local maxima
     roots = inside[rc]
     # window test for every local maximum: its (2r+1)^2 neighbourhood (clipped to the image)
@@ -650,11 +654,7 @@ def _max_clustering(resp: np.ndarray, mask: np.ndarray, radius_px: float,
     join = np.arange(rc.size, dtype=np.int32)
     ns = ~is_seed
     join[ns] = ridx[parent[pos[top[ns]]]]
-    while True:
-        nxt = join[join]
-        if np.array_equal(nxt, join):
-            break
-        join = nxt
+    join = _pointer_jump(join)
     seed_lab = np.zeros(rc.size, dtype=np.int32)
     seed_lab[is_seed] = np.arange(1, int(is_seed.sum()) + 1, dtype=np.int32)
     out = pos  # (pos is done with: its memory becomes the label image)
