@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -59,23 +59,33 @@ def summarise(values: np.ndarray) -> tuple[float, float, float, float, float]:
     return float(v.mean()), float(v.std()), float(p50), float(p10), float(p90)
 
 
+def summarise_columns(m: np.ndarray, n_stats: int, all_finite: Callable[[np.ndarray], np.ndarray],
+                      one_column: Callable[[np.ndarray], Sequence[float]]) -> np.ndarray:
+    """Per-column statistics of an (n, k) array (rows = nuclei) -> (k, n_stats), NaN when n = 0:
+    ``all_finite`` summarises the columns without NaN/inf at once (array (n, kc) -> (kc, n_stats)),
+    ``one_column`` each other column (1-D, NaN ignored by it)."""
+    m = np.asarray(m, dtype=np.float64)
+    out = np.full((m.shape[1], n_stats), np.nan)
+    if m.shape[0] == 0:
+        return out
+    clean = np.isfinite(m).all(axis=0)
+    if clean.any():
+        out[clean] = all_finite(m[:, clean])
+    for j in np.flatnonzero(~clean):  # columns with undefined values (few)
+        out[j] = one_column(m[:, j])
+    return out
+
+
+def _summary_stats_of_finite(c: np.ndarray) -> np.ndarray:
+    """SUMMARY_STATS of every column of an all-finite (n, k) array -> (k, 5)."""
+    p10, p50, p90 = np.percentile(c, (10.0, 50.0, 90.0), axis=0)
+    return np.stack([c.mean(axis=0), c.std(axis=0), p50, p10, p90], axis=1)
+
+
 def summarise_matrix(m: np.ndarray) -> np.ndarray:
     """Column-wise mean, std, median, p10, p90 of an (n, k) array (rows = nuclei), NaN ignored -> (k, 5);
     NaN for a column without finite values."""
-    m = np.asarray(m, dtype=np.float64)
-    k = m.shape[1]
-    out = np.full((k, 5), np.nan)
-    if m.shape[0] == 0:
-        return out
-    finite = np.isfinite(m)
-    clean = finite.all(axis=0)
-    if clean.any():
-        c = m[:, clean]
-        p10, p50, p90 = np.percentile(c, (10.0, 50.0, 90.0), axis=0)
-        out[clean] = np.stack([c.mean(axis=0), c.std(axis=0), p50, p10, p90], axis=1)
-    for j in np.flatnonzero(~clean):  # columns with undefined values (few): summarise their finite part
-        out[j] = summarise(m[finite[:, j], j])
-    return out
+    return summarise_columns(m, 5, _summary_stats_of_finite, summarise)
 
 
 def graph_summarise(values: np.ndarray) -> tuple[float, float, float, float]:

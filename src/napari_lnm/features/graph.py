@@ -21,7 +21,7 @@ from scipy.spatial import Delaunay, QhullError, Voronoi, cKDTree
 
 from napari_lnm.errors import UserError
 
-from .catalog import GRAPH_STATS, FeatureInfo, graph_summarise, summary_infos
+from .catalog import GRAPH_STATS, FeatureInfo, graph_summarise, summarise_columns, summary_infos
 
 __all__ = ["graph_features", "graph_segments", "voronoi_cells", "delaunay_edges", "CATALOG", "RADII_UM", "KNN"]
 
@@ -350,28 +350,22 @@ def _clustering(pairs: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     return local, trans
 
 
+def _graph_stats_of_finite(m: np.ndarray) -> np.ndarray:
+    """GRAPH_STATS of every column of an all-finite (n, k) array -> (k, 4), as ``graph_summarise``."""
+    c = np.ascontiguousarray(m.T)  # rows contiguous: the same summation as a 1-D array
+    mean = c.mean(axis=1)
+    std = c.std(axis=1)
+    vmax = c.max(axis=1)
+    vmin = c.min(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        min_max = np.where(vmax > 0, vmin / np.where(vmax > 0, vmax, 1.0), np.nan)
+        disorder = np.where(mean + std > 0, std / np.where(mean + std > 0, mean + std, 1.0), np.nan)
+    return np.stack([mean, std, min_max, disorder], axis=1)
+
+
 def _summarise_columns(m: np.ndarray) -> np.ndarray:
     """``graph_summarise`` of every column of an (n, k) array (rows = nuclei) -> (k, 4)."""
-    k = m.shape[1]
-    out = np.full((k, 4), np.nan)
-    if m.shape[0] == 0:
-        return out
-    finite = np.isfinite(m)
-    clean = finite.all(axis=0)
-    if clean.any():
-        c = np.ascontiguousarray(m[:, clean].T)  # rows contiguous: the same summation as a 1-D array
-        mean = c.mean(axis=1)
-        std = c.std(axis=1)
-        vmax = c.max(axis=1)
-        vmin = c.min(axis=1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[clean, 0] = mean
-            out[clean, 1] = std
-            out[clean, 2] = np.where(vmax > 0, vmin / np.where(vmax > 0, vmax, 1.0), np.nan)
-            out[clean, 3] = np.where(mean + std > 0, std / np.where(mean + std > 0, mean + std, 1.0), np.nan)
-    for jj in np.flatnonzero(~clean):  # columns with undefined values: summarise their finite part
-        out[jj] = graph_summarise(m[:, jj])
-    return out
+    return summarise_columns(m, 4, _graph_stats_of_finite, graph_summarise)
 
 
 def graph_features(centroids: np.ndarray, shape, mpp: float) -> dict[str, float]:
