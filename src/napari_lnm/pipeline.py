@@ -29,7 +29,7 @@ from napari_lnm.errors import ModelError, SlideError, UserError
 from napari_lnm.explain import KEY_TILE_COLUMNS, KIND_COLOURS, feature_kind, key_tiles as find_key_tiles
 from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
 
-__all__ = ["Prediction", "predict_slide", "tiling_config_for", "default_workers", "shutdown_pool", "RESULT_VERSION",
+__all__ = ["Prediction", "predict_slide", "tiling_config_for", "recorded_tiling", "default_workers", "shutdown_pool", "RESULT_VERSION",
            "MIN_PARALLEL_TILES"]
 
 #: Version of the result.json layout.
@@ -262,6 +262,14 @@ def _bundle_config(bundle: Any) -> dict:
     if dataclasses.is_dataclass(cfg):
         return dataclasses.asdict(cfg)
     return dict(cfg) if isinstance(cfg, dict) else {}
+
+
+def recorded_tiling(bundle: Any):
+    """The TilingConfig a bundle was trained with, or None when it records none (e.g. trained from tables)."""
+    if bundle is None:
+        return None
+    tiling = getattr(bundle, "tiling", None) or _bundle_config(bundle).get("tiling")
+    return tiling_config_for(bundle) if tiling else None
 
 
 def tiling_config_for(bundle: Any = None, **overrides: Any):

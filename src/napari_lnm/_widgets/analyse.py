@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -89,16 +90,6 @@ def parse_clinical(text: str) -> Optional[dict]:
             raise UserError(f"clinical values: '{p}' is not column=value (e.g. age=71; stage=III)")
         out[key.strip()] = value.strip()
     return out
-
-
-def _recorded_tiling(bundle):
-    """The TilingConfig a bundle was trained with, or None when it records none (e.g. trained from tables)."""
-    if bundle is None:
-        return None
-    from napari_lnm.pipeline import _bundle_config, tiling_config_for
-
-    tiling = getattr(bundle, "tiling", None) or _bundle_config(bundle).get("tiling")
-    return tiling_config_for(bundle) if tiling else None
 
 
 class AnalyseWidget(QWidget):
@@ -335,7 +326,9 @@ class AnalyseWidget(QWidget):
         else:
             self.clinical_edit.setPlaceholderText("the model uses none")
             self.clinical_edit.setToolTip("")
-        recorded = _recorded_tiling(bundle)
+        from napari_lnm.pipeline import recorded_tiling
+
+        recorded = recorded_tiling(bundle)
         for combo in (self.mag_combo, self.tile_combo):
             combo.setEnabled(recorded is None)
         if recorded is None:
@@ -357,13 +350,13 @@ class AnalyseWidget(QWidget):
     def config(self, bundle=None):
         """The TilingConfig: the bundle's training tiling (magnification, tile size, tissue, segmentation)
         when it records one, else the form's; max tiles and seed always from the form."""
+        from napari_lnm.pipeline import recorded_tiling
         from napari_lnm.tiling import TilingConfig
 
-        if _recorded_tiling(bundle) is not None:
-            from napari_lnm.pipeline import tiling_config_for
-
+        recorded = recorded_tiling(bundle)
+        if recorded is not None:
             self._show_tiling(bundle)
-            return tiling_config_for(bundle, max_tiles=self.max_tiles.value() or None, seed=self.seed.value())
+            return replace(recorded, max_tiles=self.max_tiles.value() or None, seed=self.seed.value())
         return TilingConfig(
             magnification=float(self.mag_combo.currentText().rstrip("x")),
             tile_size=int(self.tile_combo.currentText()),
