@@ -52,12 +52,12 @@ def cpu_seconds() -> float:
     return me.ru_utime + me.ru_stime + ch.ru_utime + ch.ru_stime
 
 
-def timed(slide: Path, out: Path, **kw) -> tuple[float, float, pd.DataFrame]:
+def timed(slide: Path, out: Path, segmentation: str = "threshold", **kw) -> tuple[float, float, pd.DataFrame]:
     """Wall time and CPU time (s, this process + pool children) of extracting one slide, and its table."""
     if out.exists():
         shutil.rmtree(out)
     cohort = pd.DataFrame({"slide_id": [slide.stem], "path": [str(slide)]})
-    cfg = TilingConfig(tile_size=TILE, min_tissue=0.5)
+    cfg = TilingConfig(tile_size=TILE, min_tissue=0.5, segmentation=segmentation)
     c, t = cpu_seconds(), time.perf_counter()
     (p,) = extract_cohort(cohort, out, cfg, **kw)
     return time.perf_counter() - t, cpu_seconds() - c, pd.read_parquet(p)
@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--dask", action="store_true", help="also time a local Dask cluster (2 processes)")
     ap.add_argument("--repeat", type=int, default=2, help="alternating repeats of the 1- and 2-worker runs")
     ap.add_argument("--full", action="store_true", help="also time a real 3000-tile slide with 2 workers")
+    ap.add_argument("--segmentation", choices=("threshold", "model", "cnn"), default="threshold",
+                    help="the tiling's nucleus segmentation (napari-lnm extract --segmentation)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -82,11 +84,11 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float]]] = {"w1": [], "w2": []}
     ref = None
     for _ in range(args.repeat):
-        t, c, df = timed(slide, work / "w1", workers=1)
+        t, c, df = timed(slide, work / "w1", args.segmentation, workers=1)
         runs["w1"].append((t, c))
         ref = df if ref is None else ref
         pd.testing.assert_frame_equal(df, ref)
-        t, c, df = timed(slide, work / "w2", workers=2)
+        t, c, df = timed(slide, work / "w2", args.segmentation, workers=2)
         pd.testing.assert_frame_equal(df, ref)
         runs["w2"].append((t, c))
     n = len(ref)
@@ -100,12 +102,12 @@ def main() -> None:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
                 Client(lc) as client:
             client.wait_for_workers(2)
-            t3, _, df3 = timed(slide, work / "wd", scheduler=lc.scheduler_address)
+            t3, _, df3 = timed(slide, work / "wd", args.segmentation, scheduler=lc.scheduler_address)
         pd.testing.assert_frame_equal(df3, ref)
         rows.append(("dask LocalCluster tcp, 2 procs x 1 thread", n, t3, float("nan")))
     if args.full:
         big = slide_for(work, 50, 60)
-        tf, cf_, dff = timed(big, work / "wf", workers=2)
+        tf, cf_, dff = timed(big, work / "wf", args.segmentation, workers=2)
         rows.append(("process pool, workers=2, full slide", len(dff), tf, cf_))
 
     synth_t = []
@@ -115,6 +117,7 @@ def main() -> None:
         synth_t.append(time.perf_counter() - t)
 
     print(f"\n{n}-tile synthetic slide ({args.tiles_x * TILE}x{args.tiles_y * TILE} px, 512 px tiles at 20x), "
+          f"segmentation {args.segmentation!r}, "
           f"{platform.machine()}, {os.cpu_count()} CPUs, {datetime.date.today()}, "
           f"1-min load average {load0:.1f} before / {os.getloadavg()[0]:.1f} after\n")
     print("| executor | tiles | wall s | tiles/s | speed-up (wall) | CPU ms/tile (incl. pool start-up) | "

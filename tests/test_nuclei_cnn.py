@@ -45,9 +45,11 @@ def test_saved_arrays_round_trip(tmp_path):
     net = NN.build_unet((4, 8, 16))
     np.savez(tmp_path / "w.npz", channels=np.array((4, 8, 16)), **NN.state_to_arrays(net))
     back = NN.load_unet(tmp_path / "w.npz")
+    for k, v in net.state_dict().items():  # every parameter bit for bit
+        np.testing.assert_array_equal(v.numpy(), back.state_dict()[k].numpy())
     x = torch.rand(1, 2, 32, 36)
-    with torch.no_grad():
-        np.testing.assert_array_equal(net.eval()(x).numpy(), back(x).numpy())
+    with torch.no_grad():  # the loaded net runs channels-last: same function, other summation order
+        np.testing.assert_allclose(net.eval()(x).numpy(), back(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mpp, shape", [(0.5, (64, 80)), (0.25, (130, 98)), (0.3, (101, 77)), (0.5, (7, 9))])
@@ -77,3 +79,30 @@ def test_cnn_is_deterministic_and_selectable_for_extraction():
     a = segment_nuclei(rgb, 0.5, foreground="cnn")
     np.testing.assert_array_equal(a, segment_nuclei(rgb.copy(), 0.5, foreground="cnn"))
     assert TilingConfig(segmentation="cnn").segmentation == "cnn"
+
+
+def test_fp32_switch_and_bf16_agreement(monkeypatch):
+    """NAPARI_LNM_CNN_FP32=1 forces float32; where bf16 runs, its logits and nuclei match float32's."""
+    from test_nuclei import _real_tiles
+
+    from napari_lnm.nuclei import _stain_images
+
+    monkeypatch.setenv(NN.FP32_ENV, "1")
+    assert not NN.use_bf16()
+    tiles = _real_tiles()
+    if tiles:
+        from skimage import io
+
+        rgb = io.imread(tiles[0])[..., :3]
+    else:
+        rgb = render_scene(grid_centres(6, 19.0), 3.5, 0.25)
+    h, e = _stain_images(rgb, None)
+    z32, lab32 = NN.unet_logits(h, e, 0.25), segment_nuclei(rgb, 0.25, foreground="cnn")
+    monkeypatch.delenv(NN.FP32_ENV)
+    if not NN.use_bf16():
+        pytest.skip("no native bfloat16 on this CPU: the network runs in float32")
+    z16, lab16 = NN.unet_logits(h, e, 0.25), segment_nuclei(rgb, 0.25, foreground="cnn")
+    assert z16.dtype == np.float32 and not np.array_equal(z16, z32)  # bf16 really ran
+    assert np.quantile(np.abs(z16 - z32), 0.99) < 0.25, np.abs(z16 - z32).max()
+    assert abs(int(lab16.max()) - int(lab32.max())) <= max(2, lab32.max() // 50)
+    assert np.mean((lab16 > 0) == (lab32 > 0)) > 0.99

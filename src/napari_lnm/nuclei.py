@@ -16,7 +16,7 @@ Methods
     probability replaces the LoG term of the blob response: more accurate (AJI +0.02-0.03 on
     nuclei-dev) but ~3x slower, hence not the default (see docs/benchmarks.md).
     With ``foreground="cnn"`` both maps come from the shipped U-Net (``napari_lnm.nuclei_net``, needs
-    PyTorch): the most accurate (AJI +0.04-0.05 over the threshold), ~15x slower than the default.
+    PyTorch): the most accurate (AJI +0.04-0.05 over the threshold), ~7x slower than the default (bf16).
 ``"watershed"`` — classical marker-controlled watershed: the same foregrounds;
     seeds at prominent maxima of the smoothed distance transform, flooding the negated distance.
 ``"deep"`` — a user-supplied TorchScript model (``weights=path``) mapping RGB to instance labels or
@@ -444,7 +444,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 #: default weight (µm) of the interior probability in the LMC response, per learned foreground (tuned
 #: on the tuning slides of nuclei-dev: model 1 / 2 / 4 -> AJI 0.707 / 0.707 / 0.702; cnn 1 / 2 / 3 ->
-#: 0.708 / 0.716 / 0.716)
+#: 0.711 / 0.715 / 0.715 with the stop-10 weights, 0.708 / 0.716 / 0.716 with stop 9's)
 _INTERIOR_WEIGHT = {"model": 1.0, "cnn": 2.0}
 
 

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--segmentation", choices=("threshold", "model", "cnn"), default="threshold",
                    help="nucleus foreground: 'threshold' (default, fast), 'model' (the shipped pixel classifier: "
                         "more accurate, ~3x slower segmentation) or 'cnn' (the shipped U-Net, needs PyTorch: the most "
-                        "accurate, ~15x slower); a trained bundle remembers it and predict segments the same way")
+                        "accurate, ~7x slower); a trained bundle remembers it and predict segments the same way")
     p.add_argument("--mpp", type=float, default=None, help="µm/px of the slide(s) when the metadata lacks it")
     p.add_argument("--roi", metavar="GEOJSON", default=None, help="ROI polygons (QuPath GeoJSON), single slide only")
     p.add_argument("--slide-id", default=None, help="slide id of a single slide (default: file name stem)")
