@@ -24,6 +24,8 @@ from skimage.transform import rescale  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _metrics import pooled, score  # noqa: E402
 
+from napari_lnm.filters import gauss  # noqa: E402
+from napari_lnm.stain import separate  # noqa: E402
 from napari_lnm.nuclei import segment_nuclei  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +92,7 @@ def error_sources(tiles) -> dict[str, dict]:
     for name, rgb, lab in tiles:
         if slide_of(name) not in TUNE_SLIDES:
             continue
-        hs = N._gauss(haematoxylin(rgb), s0)
+        hs = gauss(haematoxylin(rgb), s0)
         fg = N._foreground(hs, MPP, cfg)
         res["ours"].append(score(lab, segment_nuclei(rgb, MPP)))
         gfg = lab > 0
@@ -103,9 +105,9 @@ def error_sources(tiles) -> dict[str, dict]:
         out = N._watershed(-N._blob_response(hs, fg, MPP, cfg, s0), markers, fg)
         res["our foreground, true seeds"].append(score(lab, N.relabel_consecutive(out, int(cfg.min_area_um2 / px))))
         res["model foreground (ours)"].append(score(lab, segment_nuclei(rgb, MPP, foreground="model")))
-        mfg = N._model_foreground(rgb, None, MPP, cfg)[0]
+        mfg = N._model_foreground(*separate(rgb), MPP, cfg)[0]
         mk = np.where(mfg, markers, 0)
-        out = N._watershed(-N._gauss(N._distance(mfg, MPP), 0.5 * cfg.nucleus_radius_um / np.sqrt(2) / MPP), mk, mfg)
+        out = N._watershed(-gauss(N._distance(mfg, MPP), 0.5 * cfg.nucleus_radius_um / np.sqrt(2) / MPP), mk, mfg)
         res["model foreground, true seeds"].append(score(lab, N.relabel_consecutive(out, int(cfg.min_area_um2 / px))))
     return {k: pooled(v) for k, v in res.items()}
 

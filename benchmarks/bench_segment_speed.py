@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from napari_lnm.filters import gauss  # noqa: E402
 from napari_lnm import nuclei as N  # noqa: E402
 from napari_lnm.stain import haematoxylin  # noqa: E402
 
@@ -63,14 +64,14 @@ def stage_functions(mod, rgb: np.ndarray, mpp: float) -> dict:
     cfg = mod.NucleiConfig()
     h = haematoxylin(rgb)
     s0 = cfg.smooth_sigma_um / mpp
-    hs = mod._gauss(h, s0)
+    hs = gauss(h, s0)
     fg = mod._foreground(hs, mpp, cfg)
     resp = mod._blob_response(hs, fg, mpp, cfg, s0)
     lab = mod._max_clustering(resp, fg, cfg.seed_radius_um / mpp)
     px = mpp * mpp
     lo, hi = int(np.ceil(cfg.min_area_um2 / px)), int(cfg.max_area_um2 / px)
     return {
-        "smooth H": lambda: mod._gauss(h, s0),
+        "smooth H": lambda: gauss(h, s0),
         "foreground": lambda: mod._foreground(hs, mpp, cfg),
         "blob response": lambda: mod._blob_response(hs, fg, mpp, cfg, s0),
         "max clustering": lambda: mod._max_clustering(resp, fg, cfg.seed_radius_um / mpp),

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_nuclei import DEFAULT_DATA, MPP, TUNE_SLIDES, load, slide_of, to_20x  # noqa: E402
 
 from napari_lnm._atomic import atomic_path  # noqa: E402
-from napari_lnm.nuclei import PIXEL_MODEL_PATH, _stain_images, pixel_features  # noqa: E402
+from napari_lnm.nuclei import PIXEL_MODEL_PATH, pixel_features  # noqa: E402
+from napari_lnm.stain import separate  # noqa: E402
 
 H_SCALES_UM = (0.5, 1.0, 2.0, 4.0)
 CTX_SCALES_UM = (0.5, 1.0, 2.0, 4.0)
@@ -51,7 +52,7 @@ def samples(tiles, n_per_tile: int, depth_um: float, seed: int, h_scales=H_SCALE
     xs, ys = [], []
     for name, rgb, lab in tiles:
         for img, truth, mpp in ((rgb, lab, MPP), (to_20x(rgb), lab[::2, ::2], 2 * MPP)):
-            x = pixel_features(*_stain_images(img, None), mpp, h_scales, ctx_scales)
+            x = pixel_features(*separate(img), mpp, h_scales, ctx_scales)
             idx = rng.choice(truth.size, min(n_per_tile, truth.size), replace=False)
             xs.append(x[:, idx].T)
             ys.append(np.stack([(truth > 0).ravel()[idx], interior(truth, mpp, depth_um).ravel()[idx]], 1))

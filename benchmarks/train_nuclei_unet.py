@@ -26,7 +26,7 @@ from bench_nuclei import DEFAULT_DATA, MPP, TUNE_SLIDES, load, slide_of, to_20x 
 from train_nuclei_pixel_model import interior  # noqa: E402
 
 from napari_lnm._atomic import atomic_path  # noqa: E402
-from napari_lnm.nuclei import _stain_images  # noqa: E402
+from napari_lnm.stain import separate  # noqa: E402
 from napari_lnm.nuclei_net import UNET_PATH, WORK_MPP, build_unet, state_to_arrays  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def training_arrays(tiles, phases: int = 1) -> tuple[list[np.ndarray], list[np.n
         for dr, dc in PHASES[:phases]:
             r, c = (rgb.shape[0] - dr) // 2 * 2, (rgb.shape[1] - dc) // 2 * 2
             truth = lab[dr : dr + r : 2, dc : dc + c : 2]
-            xs.append(np.stack(_stain_images(to_20x(rgb[dr : dr + r, dc : dc + c]), None)).astype(np.float32))
+            xs.append(np.stack(separate(to_20x(rgb[dr : dr + r, dc : dc + c]))).astype(np.float32))
             ys.append(np.stack([truth > 0, interior(truth, 2 * MPP, 1.0)]).astype(np.float32))
     return xs, ys
 

@@ -280,7 +280,7 @@ def test_pixel_probabilities_on_synthetic_nuclei():
 
 def test_pixel_features_are_defined_in_um():
     """The same scene at 40x and 20x gives nearly the same features (scales are in µm)."""
-    from napari_lnm.nuclei import _stain_images
+    from napari_lnm.stain import separate
 
     model = load_pixel_model()
     rng = np.random.default_rng(3)
@@ -288,7 +288,7 @@ def test_pixel_features_are_defined_in_um():
     out = {}
     for mpp in (0.25, 0.5):
         rgb = render_scene(centres, 3.5, mpp, size_um=80.0, noise=0.0)
-        x = pixel_features(*_stain_images(rgb, None), mpp, model.h_scales_um, model.ctx_scales_um)
+        x = pixel_features(*separate(rgb), mpp, model.h_scales_um, model.ctx_scales_um)
         n = rgb.shape[0]
         x = x.reshape(-1, n, n)
         out[mpp] = x[:, ::2, ::2] if mpp == 0.25 else x  # 40x pixel (2i, 2j) lies within 20x pixel (i, j)

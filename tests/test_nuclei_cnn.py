@@ -85,7 +85,7 @@ def test_fp32_switch_and_bf16_agreement(monkeypatch):
     """NAPARI_LNM_CNN_FP32=1 forces float32; where bf16 runs, its logits and nuclei match float32's."""
     from test_nuclei import _real_tiles
 
-    from napari_lnm.nuclei import _stain_images
+    from napari_lnm.stain import separate
 
     monkeypatch.setenv(NN.FP32_ENV, "1")
     assert not NN.use_bf16()
@@ -96,7 +96,7 @@ def test_fp32_switch_and_bf16_agreement(monkeypatch):
         rgb = io.imread(tiles[0])[..., :3]
     else:
         rgb = render_scene(grid_centres(6, 19.0), 3.5, 0.25)
-    h, e = _stain_images(rgb, None)
+    h, e = separate(rgb)
     z32, lab32 = NN.unet_logits(h, e, 0.25), segment_nuclei(rgb, 0.25, foreground="cnn")
     monkeypatch.delenv(NN.FP32_ENV)
     if not NN.use_bf16():

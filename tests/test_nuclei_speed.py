@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from napari_lnm.filters import gauss  # noqa: E402
 from napari_lnm import nuclei as N
 
 
@@ -110,16 +111,16 @@ def test_max_clustering_empty_mask():
 @pytest.mark.parametrize("sigma", [0.65, 1.0, 1.59, 3.2, 7.5])
 def test_gauss_is_ndimage_bit_for_bit(shape, sigma):
     img = (np.random.default_rng(1).random(shape) * 3).astype(np.float32)
-    got = N._gauss(img, sigma)
+    got = gauss(img, sigma)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, ndi.gaussian_filter(img, sigma, truncate=2.5, mode="nearest"))
 
 
 def test_gauss_other_dtypes_and_small_sigma():
     img = np.random.default_rng(2).random((20, 30))
-    np.testing.assert_array_equal(N._gauss(img, 1.5), ndi.gaussian_filter(img, 1.5, truncate=2.5, mode="nearest"))
+    np.testing.assert_array_equal(gauss(img, 1.5), ndi.gaussian_filter(img, 1.5, truncate=2.5, mode="nearest"))
     x = img.astype(np.float32)
-    assert N._gauss(x, 0.1) is x
+    assert gauss(x, 0.1) is x
 
 
 @pytest.mark.parametrize("shape", [(64, 48), (1, 9), (9, 1), (1, 1)])
@@ -135,7 +136,7 @@ def test_gauss_three_taps(shape, sigma):
         n = want.shape[axis]
         prev, nxt = p.take(np.arange(n), axis), p.take(np.arange(2, n + 2), axis)
         want = want * c0 + prev * c1 + nxt * c1
-    got = N._gauss(img, sigma)
+    got = gauss(img, sigma)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
@@ -154,7 +155,7 @@ def test_blob_response_binned_laplacian(shape, mpp):
     a = np.sqrt(max(sig * sig - s2 * s2 - s0 * s0, 0.0))
     want = N._distance(fg, mpp)
     want -= np.float32(cfg.log_weight * cfg.nucleus_radius_um * sig * sig) * N._smooth_laplace(hs, a)
-    np.testing.assert_array_equal(N._blob_response(hs, fg, mpp, cfg, s0), N._gauss(want, s2))
+    np.testing.assert_array_equal(N._blob_response(hs, fg, mpp, cfg, s0), gauss(want, s2))
     full, half = N._smooth_laplace(hs, a), N._smooth_laplace(hs, a, full=False)
     assert full.shape == shape
     np.testing.assert_array_equal(full, np.repeat(np.repeat(half, 2, 0), 2, 1)[:shape[0], :shape[1]]

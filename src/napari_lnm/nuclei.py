@@ -35,7 +35,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .errors import ModelError, UserError
-from .stain import as_rgb, haematoxylin
+from .filters import bin2, gauss, upsample
+from .stain import as_rgb, haematoxylin, separate
 
 __all__ = ["NucleiConfig", "PixelModel", "segment_nuclei", "pixel_probabilities", "load_pixel_model",
            "pixel_features", "METHODS", "FOREGROUNDS", "PIXEL_MODEL_PATH", "relabel_consecutive"]
@@ -110,63 +111,6 @@ def relabel_consecutive(labels: np.ndarray, min_px: int = 0, max_px: int | None 
     return np.take(lut, lab)
 
 
-def _gauss(img: np.ndarray, sigma_px: float) -> np.ndarray:
-    """Separable float32 Gaussian smoothing (sigma in px, edges replicated); identity for tiny sigma,
-    a 3-tap kernel by array slicing below 0.65 px (the dropped outer weights are < 1 %)."""
-    if sigma_px < 0.3:
-        return img
-    if sigma_px >= 0.65:
-        if img.ndim != 2 or img.dtype != np.float32 or img.size == 0:
-            return ndi.gaussian_filter(img, sigma_px, truncate=2.5, mode="nearest")
-        # = ndi.gaussian_filter(img, sigma_px, truncate=2.5, mode="nearest"), bit for bit: the column
-        # pass (ndimage's slowest, strided) as whole-row float64 slices in ndimage's order of operations
-        # (centre tap, then symmetric pairs from the outside in), in cache-sized blocks of rows (no
-        # full-size float64 copy: fresh memory costs page faults); the row pass by ndimage, in place
-        r = int(2.5 * float(sigma_px) + 0.5)
-        x = np.arange(-r, r + 1)
-        wts = np.exp(-0.5 / (float(sigma_px) * float(sigma_px)) * x ** 2)
-        wts = wts / wts.sum()
-        n, m = img.shape
-        out = np.empty((n, m), dtype=np.float32)
-        block = max(8, 32768 // m)
-        src = np.empty((min(block, n) + 2 * r, m))  # a block of rows with r rows either side
-        acc = np.empty((min(block, n), m))
-        tmp = np.empty_like(acc)
-        for b0 in range(0, n, block):
-            b = min(block, n - b0)
-            p, a, t = src[:b + 2 * r], acc[:b], tmp[:b]
-            lo, hi = max(b0 - r, 0), min(b0 + b + r, n)  # rows inside the image; the rest replicate edges
-            p[lo - (b0 - r):hi - (b0 - r)] = img[lo:hi]
-            p[:lo - (b0 - r)] = img[0]
-            p[hi - (b0 - r):] = img[n - 1]
-            np.multiply(p[r:r + b], wts[r], out=a)
-            for j in range(r, 0, -1):
-                np.add(p[r - j:r - j + b], p[r + j:r + j + b], out=t)
-                t *= wts[r - j]
-                a += t
-            out[b0:b0 + b] = a
-        return ndi.correlate1d(out, wts, axis=1, output=out, mode="nearest")
-    side = np.exp(-0.5 / sigma_px**2)
-    c1 = np.float32(side / (1.0 + 2.0 * side))
-    c0 = np.float32(1.0 / (1.0 + 2.0 * side))
-    src = np.asarray(img, dtype=np.float32)
-    out = src * c0
-    side_w = src * c1  # each neighbour's share, added in a fixed order: previous, next, edges
-    for axis in (0, 1):
-        if axis:  # the second pass in place (two full-size arrays in all: fresh memory costs page faults)
-            np.multiply(out, c1, out=side_w)
-            out *= c0
-        a = [slice(None)] * 2
-        b = [slice(None)] * 2
-        for lo, hi in ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))):
-            a[axis], b[axis] = lo, hi
-            out[tuple(a)] += side_w[tuple(b)]
-        edge_lo = [slice(None)] * 2
-        edge_hi = [slice(None)] * 2
-        edge_lo[axis], edge_hi[axis] = slice(0, 1), slice(-1, None)
-        out[tuple(edge_lo)] += side_w[tuple(edge_lo)]
-        out[tuple(edge_hi)] += side_w[tuple(edge_hi)]
-    return out
 
 
 def _otsu(values: np.ndarray, bins: int = 128) -> float:
@@ -299,40 +243,10 @@ def load_pixel_model(path: str | os.PathLike | None = None) -> PixelModel:
     return model
 
 
-def _bin2(img: np.ndarray) -> np.ndarray:
-    """2x2 mean binning (odd edges replicated)."""
-    rows, cols = img.shape
-    if rows % 2 or cols % 2:
-        img = np.pad(img, ((0, rows % 2), (0, cols % 2)), mode="edge")
-    out = img[0::2, 0::2] + img[1::2, 0::2]
-    out += img[0::2, 1::2]
-    out += img[1::2, 1::2]
-    out *= np.float32(0.25)
-    return out
 
 
-def _up2(a: np.ndarray) -> np.ndarray:
-    """2x linear upsampling of a binned image (pixel centres at quarter offsets, edges replicated)."""
-    p = np.pad(a, 1, mode="edge")
-    r = np.empty((2 * a.shape[0], a.shape[1] + 2), np.float32)
-    np.multiply(p[1:-1], np.float32(0.75), out=r[0::2])
-    r[0::2] += np.float32(0.25) * p[:-2]
-    np.multiply(p[1:-1], np.float32(0.75), out=r[1::2])
-    r[1::2] += np.float32(0.25) * p[2:]
-    out = np.empty((r.shape[0], 2 * a.shape[1]), np.float32)
-    np.multiply(r[:, 1:-1], np.float32(0.75), out=out[:, 0::2])
-    out[:, 0::2] += np.float32(0.25) * r[:, :-2]
-    np.multiply(r[:, 1:-1], np.float32(0.75), out=out[:, 1::2])
-    out[:, 1::2] += np.float32(0.25) * r[:, 2:]
-    return out
 
 
-def _upsample(img: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
-    """Undo ``factor`` (a power of 2) of binning by repeated 2x linear upsampling, cropped to ``shape``."""
-    while factor > 1:
-        img = _up2(img)
-        factor //= 2
-    return img[: shape[0], : shape[1]]
 
 
 def _pyramid_gauss(img: np.ndarray, sigma_px: float, min_level_sigma: float = 1.5) -> tuple[np.ndarray, int]:
@@ -341,10 +255,10 @@ def _pyramid_gauss(img: np.ndarray, sigma_px: float, min_level_sigma: float = 1.
     f = 1
     base = img
     while sigma_px / (2 * f) >= min_level_sigma and min(base.shape) >= 8:
-        base = _bin2(base)
+        base = bin2(base)
         f *= 2
     s = np.sqrt(max(sigma_px**2 - (f * f - 1) / 12.0, 0.0)) / f  # a box of f px adds (f²-1)/12 px²
-    return _gauss(base, s), f
+    return gauss(base, s), f
 
 
 def _derivative_features(g: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -391,28 +305,23 @@ def pixel_features(h: np.ndarray, e: np.ndarray, mpp: float,
     for s_um in h_scales_um:
         g, f = _pyramid_gauss(h, s_um / mpp)
         for feat in (g,) + _derivative_features(g, s_um / mpp / f):
-            out[k] = _upsample(feat, f, shape).ravel()
+            out[k] = upsample(feat, f, shape).ravel()
             k += 1
     for s_um in ctx_scales_um:
         g, f = _pyramid_gauss(e, s_um / mpp, 0.75)
-        out[k] = _upsample(g, f, shape).ravel()
+        out[k] = upsample(g, f, shape).ravel()
         k += 1
     return out
 
 
-def _stain_images(rgb: np.ndarray, h: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """H (given, or Ruifrok deconvolution) and E images of an RGB uint8 tile, float32 OD."""
-    from .stain import _RUIFROK_TABLES, _unmix
-
-    if h is None:
-        h = _unmix(rgb, _RUIFROK_TABLES, 0)
-    return h, _unmix(rgb, _RUIFROK_TABLES, 1)
+def _eosin(rgb: np.ndarray, e: np.ndarray | None) -> np.ndarray:
+    """The E image (given, or Ruifrok deconvolution of the RGB uint8 tile), float32 OD."""
+    return separate(rgb)[1] if e is None else np.asarray(e, dtype=np.float32)
 
 
-def _model_logits(rgb: np.ndarray, h: np.ndarray | None, mpp: float, model: PixelModel) -> np.ndarray:
-    """Logits (2, rows, cols) float32 of nucleus and nucleus-interior for every pixel."""
-    hh, e = _stain_images(rgb, h)
-    x = pixel_features(hh, e, mpp, model.h_scales_um, model.ctx_scales_um)
+def _model_logits(h: np.ndarray, e: np.ndarray, mpp: float, model: PixelModel) -> np.ndarray:
+    """Logits (2, rows, cols) float32 of nucleus and nucleus-interior for every pixel of H and E (OD)."""
+    x = pixel_features(h, e, mpp, model.h_scales_um, model.ctx_scales_um)
     z = np.empty((2, x.shape[1]), np.float32)
     step = 8192  # pixels per block: the hidden activations stay in cache
     hidden = np.empty((model.w1.shape[0], min(step, x.shape[1])), np.float32)
@@ -424,7 +333,7 @@ def _model_logits(rgb: np.ndarray, h: np.ndarray | None, mpp: float, model: Pixe
         np.maximum(hb, 0.0, out=hb)
         np.matmul(model.w2, hb, out=z[:, i : i + step])
     z += model.b2
-    return z.reshape((2,) + hh.shape)
+    return z.reshape((2,) + h.shape)
 
 
 def pixel_probabilities(rgb: np.ndarray, mpp: float, h: np.ndarray | None = None,
@@ -432,7 +341,8 @@ def pixel_probabilities(rgb: np.ndarray, mpp: float, h: np.ndarray | None = None
     """Nucleus and nucleus-interior probability maps (float32, 0..1) of an RGB tile at ``mpp`` µm/px."""
     rgb = as_rgb(rgb)
     pm = model if isinstance(model, PixelModel) else load_pixel_model(model)
-    z = _model_logits(rgb, None if h is None else np.asarray(h, np.float32), float(mpp), pm)
+    hh, e = separate(rgb)
+    z = _model_logits(hh if h is None else np.asarray(h, np.float32), e, float(mpp), pm)
     p = 1.0 / (1.0 + np.exp(-z))
     return p[0], p[1]
 
@@ -448,16 +358,16 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 _INTERIOR_WEIGHT = {"model": 1.0, "cnn": 2.0}
 
 
-def _model_foreground(rgb: np.ndarray, h: np.ndarray | None, mpp: float,
+def _model_foreground(h: np.ndarray, e: np.ndarray, mpp: float,
                       cfg: NucleiConfig) -> tuple[np.ndarray, np.ndarray]:
     """Foreground mask (probability > threshold, opened, holes filled) and interior probability, from
     the shipped perceptron (``foreground="model"``) or the shipped U-Net (``"cnn"``, needs PyTorch)."""
     if cfg.foreground == "cnn":
         from .nuclei_net import unet_logits
 
-        z = unet_logits(*_stain_images(rgb, h), mpp)
+        z = unet_logits(h, e, mpp)
     else:
-        z = _model_logits(rgb, h, mpp, load_pixel_model())
+        z = _model_logits(h, e, mpp, load_pixel_model())
     t = float(np.log(cfg.prob_threshold / (1.0 - cfg.prob_threshold)))
     fg = z[0] > np.float32(t)
     fg = _open(fg, cfg.open_radius_um / mpp)
@@ -492,11 +402,11 @@ def _smooth_laplace(img: np.ndarray, sigma_px: float, full: bool = True) -> np.n
     when sigma >= 2 px (the smoothing removes what binning loses) and repeated back to full size
     (``full=False``: returned binned when it was binned, so the caller can broadcast it)."""
     if sigma_px < 2.0:
-        return _laplace(_gauss(img, sigma_px))
+        return _laplace(gauss(img, sigma_px))
     rows, cols = img.shape
-    small = _bin2(img)
+    small = bin2(img)
     # a 2-px box has variance 1/4 px²; the rest of sigma is done at half resolution
-    lap = _laplace(_gauss(small, np.sqrt(sigma_px**2 - 0.25) / 2.0))
+    lap = _laplace(gauss(small, np.sqrt(sigma_px**2 - 0.25) / 2.0))
     lap *= np.float32(0.25)
     if not full:
         return lap
@@ -519,7 +429,7 @@ def _blob_response(hs: np.ndarray, fg: np.ndarray, mpp: float, cfg: NucleiConfig
             resp -= lap
         else:  # binned: repeat the columns, subtract each such row from its two full-resolution rows
             resp.reshape(rows // 2, 2, cols)[...] -= np.repeat(lap, 2, axis=1)[:, None, :]
-    return _gauss(resp, s2)
+    return gauss(resp, s2)
 
 
 def _peaks(resp: np.ndarray, mask: np.ndarray, radius_px: float, h: float) -> np.ndarray:
@@ -663,19 +573,19 @@ def _max_clustering(resp: np.ndarray, mask: np.ndarray, radius_px: float,
     return out.reshape(rows, cols)
 
 
-def _lmc(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
+def _lmc(rgb: np.ndarray, h: np.ndarray, e: np.ndarray | None, mpp: float, cfg: NucleiConfig) -> np.ndarray:
     """Local-maximum clustering of the H image (see module doc); labels before size filtering."""
     if cfg.foreground != "threshold":
-        fg, interior = _model_foreground(rgb, h, mpp, cfg)
+        fg, interior = _model_foreground(h, _eosin(rgb, e), mpp, cfg)
         if not fg.any():
             return np.zeros(h.shape, dtype=np.int32)
         # blob response (µm): smoothed distance to background plus the smoothed interior probability
-        resp = _gauss(_distance(fg, mpp), 0.5 * cfg.response_smooth * cfg.nucleus_radius_um / np.sqrt(2.0) / mpp)
+        resp = gauss(_distance(fg, mpp), 0.5 * cfg.response_smooth * cfg.nucleus_radius_um / np.sqrt(2.0) / mpp)
         weight = cfg.interior_weight if cfg.interior_weight is not None else _INTERIOR_WEIGHT[cfg.foreground]
         if weight:
-            resp += np.float32(weight) * _gauss(interior, 0.5 / mpp)
+            resp += np.float32(weight) * gauss(interior, 0.5 / mpp)
         return _max_clustering(resp, fg, cfg.seed_radius_um / mpp)
-    hs = _gauss(h, cfg.smooth_sigma_um / mpp)
+    hs = gauss(h, cfg.smooth_sigma_um / mpp)
     fg = _foreground(hs, mpp, cfg)
     if not fg.any():
         return np.zeros(h.shape, dtype=np.int32)
@@ -684,16 +594,17 @@ def _lmc(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.nd
     return _max_clustering(resp, fg, cfg.seed_radius_um / mpp)
 
 
-def _classic_watershed(rgb: np.ndarray, h: np.ndarray, mpp: float, cfg: NucleiConfig) -> np.ndarray:
+def _classic_watershed(rgb: np.ndarray, h: np.ndarray, e: np.ndarray | None, mpp: float,
+                       cfg: NucleiConfig) -> np.ndarray:
     """Marker-controlled watershed: seeds at prominent maxima of the smoothed distance transform of
     the foreground (model or threshold), flooding the negated distance inside it (skimage watershed)."""
     if cfg.foreground != "threshold":
-        fg = _model_foreground(rgb, h, mpp, cfg)[0]
+        fg = _model_foreground(h, _eosin(rgb, e), mpp, cfg)[0]
     else:
-        fg = _foreground(_gauss(h, cfg.smooth_sigma_um / mpp), mpp, cfg)
+        fg = _foreground(gauss(h, cfg.smooth_sigma_um / mpp), mpp, cfg)
     if not fg.any():
         return np.zeros(h.shape, dtype=np.int32)
-    dist = _gauss(_distance(fg, mpp), 0.25 * cfg.nucleus_radius_um / mpp)
+    dist = gauss(_distance(fg, mpp), 0.25 * cfg.nucleus_radius_um / mpp)
     markers = _peaks(dist, fg, cfg.seed_radius_um / mpp, cfg.seed_h)
     return _watershed(-dist, markers, fg)
 
@@ -728,7 +639,7 @@ def _instances_from_maps(fg: np.ndarray, resp: np.ndarray, mpp: float, cfg: Nucl
     """Instances from a foreground mask and a seed response (µm): local-maximum clustering."""
     if not fg.any():
         return np.zeros(fg.shape, dtype=np.int32)
-    resp = resp + _gauss(_distance(fg, mpp), 0.5 * cfg.nucleus_radius_um / np.sqrt(2.0) / mpp)
+    resp = resp + gauss(_distance(fg, mpp), 0.5 * cfg.nucleus_radius_um / np.sqrt(2.0) / mpp)
     return _max_clustering(resp.astype(np.float32), fg, cfg.seed_radius_um / mpp)
 
 
@@ -776,9 +687,13 @@ def segment_nuclei(
     h: np.ndarray | None = None,
     config: NucleiConfig | None = None,
     weights: str | os.PathLike | None = None,
+    e: np.ndarray | None = None,
     **overrides: Any,
 ) -> np.ndarray:
-    """Segment nuclei of an RGB uint8 tile at ``mpp`` µm/px: int32 labels (0 = background, 1..n)."""
+    """Segment nuclei of an RGB uint8 tile at ``mpp`` µm/px: int32 labels (0 = background, 1..n).
+
+    ``h`` and ``e``: the tile's H and E images (float32 OD, ``stain.separate``) when the caller has
+    them, so each pixel is unmixed once; computed here otherwise."""
     rgb = as_rgb(rgb)
     try:
         mpp = float(mpp)
@@ -802,10 +717,12 @@ def segment_nuclei(
         h = np.asarray(h, dtype=np.float32)
         if h.shape != rgb.shape[:2]:
             raise UserError(f"segment_nuclei: H image shape {h.shape} does not match the tile {rgb.shape[:2]}")
+    if e is not None and np.shape(e) != rgb.shape[:2]:
+        raise UserError(f"segment_nuclei: E image shape {np.shape(e)} does not match the tile {rgb.shape[:2]}")
     if method == "lmc":
-        lab = _lmc(rgb, h, mpp, cfg)
+        lab = _lmc(rgb, h, e, mpp, cfg)
     elif method == "watershed":
-        lab = _classic_watershed(rgb, h, mpp, cfg)
+        lab = _classic_watershed(rgb, h, e, mpp, cfg)
     else:
         lab = _deep(rgb, mpp, cfg, weights)
     px = mpp * mpp

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError
+from .filters import bin2, upsample
 
 __all__ = ["UNET_PATH", "WORK_MPP", "FP32_ENV", "build_unet", "load_unet", "unet_logits", "state_to_arrays",
            "use_bf16"]
@@ -132,8 +133,6 @@ def _binning(mpp: float) -> int:
 
 def unet_logits(h: np.ndarray, e: np.ndarray, mpp: float, net: Any = None) -> np.ndarray:
     """Nucleus and interior logits (2, rows, cols) float32 from H and E images (OD) at ``mpp`` µm/px."""
-    from .nuclei import _bin2, _upsample
-
     torch = _torch()
     F = torch.nn.functional
     net = net if net is not None else load_unet()
@@ -141,7 +140,7 @@ def unet_logits(h: np.ndarray, e: np.ndarray, mpp: float, net: Any = None) -> np
     f = _binning(mpp)
     x = np.stack([h, e]).astype(np.float32, copy=False)
     for _ in range(int(np.log2(f)) if f else 0):
-        x = np.stack([_bin2(c) for c in x])
+        x = np.stack([bin2(c) for c in x])
     t = torch.from_numpy(np.ascontiguousarray(x))[None]
     if not f:  # not a power of two: bilinear to 0.5 µm/px
         size = (max(4, int(round(rows * mpp / WORK_MPP))), max(4, int(round(cols * mpp / WORK_MPP))))
@@ -158,5 +157,5 @@ def unet_logits(h: np.ndarray, e: np.ndarray, mpp: float, net: Any = None) -> np
             z = F.interpolate(z, size=(rows, cols), mode="bilinear", align_corners=False)
     z = np.ascontiguousarray(z[0].numpy(), dtype=np.float32)
     if f > 1:
-        z = np.stack([_upsample(np.ascontiguousarray(ch), f, (rows, cols)) for ch in z])
+        z = np.stack([upsample(np.ascontiguousarray(ch), f, (rows, cols)) for ch in z])
     return z

@@ -106,7 +106,7 @@ def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None,
     if labels is None:
         from napari_lnm.nuclei import segment_nuclei
 
-        labels = segment_nuclei(rgb, mpp, h=h, foreground=segmentation)
+        labels = segment_nuclei(rgb, mpp, h=h, e=e, foreground=segmentation)
     labels = np.asarray(labels)
     if labels.shape != rgb.shape[:2]:
         raise UserError(f"tile: label image shape {labels.shape} does not match the tile {rgb.shape[:2]}")
