@@ -8,7 +8,7 @@ fresh process: extract the cohort in-process and on a 2-process pool, train the 
 predict the shipped CMU-1 sample with 1 and 2 workers keeping images, and build the widget's
 layer data (stitched labels, graph segments, key-tile rectangles).  Prints a table of SHA-256
 digests per output and "identical" when every digest agrees.  Fields that legitimately differ
-(timings, package version, absolute paths of the work folders) are left out of the digests.
+(timings, package version, absolute paths of the work folders, the slide file's identity) are left out of the digests.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from napari_lnm.extract import extract_cohort
 from napari_lnm.model import ModelBundle, TrainConfig, train_model, load_feature_tables
 from napari_lnm.pipeline import predict_slide
 
-VOLATILE = {"package_version", "timings", "slide_path", "path", "directory", "csv"}
+# run-specific fields; "slide_file" (the slide file's identity, a resume key) is newer than some refs
+VOLATILE = {"package_version", "timings", "slide_path", "path", "directory", "csv", "slide_file"}
 
 def h(b):
     return hashlib.sha256(b).hexdigest()[:16]
@@ -84,6 +85,7 @@ for workers in (1, 2):
     preds[workers] = p
     d = clean(json.loads(p.to_json()))
     d.get("model", {}).pop("path", None)
+    (work / f"prediction-w{workers}.json").write_text(json.dumps(d, sort_keys=True, indent=1))
     digests[f"prediction json (workers={workers})"] = h(json.dumps(d, sort_keys=True).encode())
     digests[f"prediction tiles (workers={workers})"] = frame_digest(p.tiles)
     lab = b"".join(np.ascontiguousarray(a.labels).tobytes() for a in p.analyses)
@@ -152,6 +154,15 @@ def main(argv=None) -> int:
         same = a == b or a == "-"  # outputs the previous code could not produce are not compared
         same_all &= same
         print(f"| {k} | {a} | {b} | {'yes' if a == b else ('new only' if a == '-' else 'NO')} |")
+    for w in (1, 2):  # show what differs in the prediction's JSON, line by line
+        a, b = (work / n / f"prediction-w{w}.json" for n in ("base", "new"))
+        if a.exists() and b.exists() and a.read_text() != b.read_text():
+            import difflib
+
+            diff = [ln for ln in difflib.unified_diff(a.read_text().splitlines(), b.read_text().splitlines(),
+                                                       lineterm="", n=0) if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+            print(f"\nprediction json (workers={w}) differs in {len(diff) // 2} line(s):")
+            print("\n".join(diff[:20]))
     print("identical" if same_all else "DIFFERENT")
     return 0 if same_all else 1
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from napari_lnm import extract
+from napari_lnm.engine import META_COLUMNS, LocalPool, chunk_bounds
 from napari_lnm.errors import CohortError, SlideError
 from napari_lnm.progress import Cancelled
 from napari_lnm.tiling import TilingConfig
@@ -87,7 +88,7 @@ def test_parquet_columns_and_provenance(extracted, cohort_csv):
     assert [p.name for p in extracted] == [f"synth_{i:04d}.parquet" for i in range(4)]
     for p in extracted:
         df = pd.read_parquet(p)
-        assert list(df.columns) == extract.COORD_COLUMNS + feature_names()
+        assert list(df.columns) == list(META_COLUMNS) + feature_names()
         assert len(df) == 3
         assert (df["slide_id"] == p.stem).all()
         assert (df["size"] == 256).all() and (df["tissue_fraction"] >= 0.5).all()
@@ -207,7 +208,7 @@ def test_process_pool_identical(cohort_csv, extracted, tmp_path):
 def test_chunk_bounds_cover_every_tile_once():
     for n in (1, 5, 64, 3000):
         for w in (1, 2, 8):
-            b = extract._chunk_bounds(n, w, 64)
+            b = chunk_bounds(n, w, 64)
             assert b[0][0] == 0 and b[-1][1] == n
             assert all(b[i][1] == b[i + 1][0] for i in range(len(b) - 1))
             assert max(e - s for s, e in b) <= 64
@@ -267,11 +268,8 @@ def test_process_pool_recovers_after_a_worker_dies():
     """A worker killed mid-task (e.g. out of memory) fails its task; the next task gets a fresh pool."""
     import concurrent.futures as cf
 
-    pool = extract._Pool(1)
-    try:
-        dead = pool.submit(os._exit, 3)
-        with pytest.raises(cf.process.BrokenProcessPool):
-            dead.result(timeout=60)
-        assert pool.submit(abs, -4).result(timeout=60) == 4
-    finally:
-        pool.shutdown()
+    pool = LocalPool(1)
+    dead = pool.submit(os._exit, 3)
+    with pytest.raises(cf.process.BrokenProcessPool):
+        dead.result(timeout=60)
+    assert pool.submit(abs, -4).result(timeout=60) == 4

@@ -94,7 +94,9 @@ def test_prediction_json_round_trip(tmp_path):
     assert list(back.key_tiles["rank"]) == [1]
     pd.testing.assert_series_equal(back.top_features["contribution"], pred.top_features["contribution"],
                                    check_dtype=False)
-    np.testing.assert_allclose(back.rois[0], pred.rois[0])
+    from napari_lnm.prediction import rois_to_json
+
+    assert rois_to_json(back.rois) == rois_to_json(pred.rois)
 
 
 def test_prediction_save_and_load(tmp_path):
@@ -224,8 +226,12 @@ def test_predict_slide_errors(tiny_slide, tiny_bundle, tmp_path):
     from napari_lnm.errors import ModelError, SlideError, UserError
     from napari_lnm.pipeline import predict_slide
 
-    # ROI outside the tissue -> no tiles: a one-line SlideError naming the file
+    # ROI outside the slide: a one-line error naming the file and the slide's extent
     roi = [np.array([[5000, 5000], [6000, 5000], [6000, 6000]], float)]
+    with pytest.raises(UserError, match="tiny.tif.*outside the slide.*x 0..1024"):
+        predict_slide(tiny_slide, tiny_bundle, rois=roi)
+    # inside the slide but without tissue -> no tiles: a one-line SlideError naming the file
+    roi = [np.array([[0, 0], [40, 0], [40, 40]], float)]
     with pytest.raises(SlideError, match="tiny.tif.*no tiles"):
         predict_slide(tiny_slide, tiny_bundle, rois=roi)
     # a model that needs a feature this version does not compute

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from test_pipeline import make_tiny_bundle, make_tiny_slide
 
-from napari_lnm import pipeline
+from napari_lnm.engine import LocalPool
 from napari_lnm.errors import UserError
 from napari_lnm.pipeline import MIN_PARALLEL_TILES, predict_slide, shutdown_pool, tiling_config_for
 from napari_lnm.progress import Cancelled
@@ -25,7 +25,8 @@ def _pool_children() -> list:
     out = []
     for p in psutil.Process(os.getpid()).children(recursive=True):
         try:
-            if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(p.cmdline()):
+            cmd = " ".join(p.cmdline())
+            if p.status() != psutil.STATUS_ZOMBIE and ("spawn_main" in cmd or "popen_loky" in cmd):
                 out.append(p)
         except psutil.NoSuchProcess:
             pass
@@ -108,12 +109,17 @@ def test_keep_images_in_parallel(slide, bundle, cfg, serial):
     np.testing.assert_array_equal(_numbers(par), _numbers(serial))
 
 
+def _worker_pids() -> set[int]:
+    """Process ids of the warm 2-process pool's workers."""
+    return {p.pid for p in _pool_children()}
+
+
 def test_warm_pool_reused_and_small_jobs_stay_in_process(slide, bundle, cfg):
     predict_slide(slide, bundle, config=cfg, workers=2)
-    pool = pipeline._IDLE_POOL
-    assert pool is not None and pool.workers == 2
+    pids = _worker_pids()
+    assert len(pids) == 2
     predict_slide(slide, bundle, config=cfg, workers=2)
-    assert pipeline._IDLE_POOL is pool  # the second run used the same processes
+    assert _worker_pids() == pids  # the second run used the same processes
     small = predict_slide(slide, bundle, config=tiling_config_for(bundle, tile_size=256, max_tiles=4), workers=2)
     assert small.n_tiles == 4 and small.timings["workers"] == 1
     with pytest.raises(UserError, match="workers"):
@@ -134,8 +140,9 @@ def test_cancel_stops_fast_and_leaves_no_workers(big, bundle):
     latency = time.perf_counter() - stop_at[0]
     assert latency < 1.5, f"took {latency:.2f} s to stop"
     # the running chunks quit at a tile boundary, so the pool is idle and kept warm ...
-    pool = pipeline._IDLE_POOL
-    assert pool is not None and not pool.ex._pending_work_items
+    pids = _worker_pids()
+    assert len(pids) == 2
+    assert LocalPool(2).submit(abs, -3).result(timeout=5) == 3 and _worker_pids() == pids
     assert not list(Path(tempfile.gettempdir()).glob(f"napari-lnm-stop-{os.getpid()}-*"))  # stop file removed
     # ... and shutting it down leaves no child process
     shutdown_pool()

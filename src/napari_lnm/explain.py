@@ -1,4 +1,4 @@
-"""Key tiles: the tiles of a slide that explain its metastasis prediction.
+"""Why a slide got its probability: the top features in words, and the key tiles that show them.
 
 The model works on fused per-slide elements (``"<feature>|bin<k>"`` for the
 histogram fusion: the fraction of the slide's tiles whose ``feature`` falls in
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,13 @@ __all__ = [
     "feature_unit",
     "element_direction",
     "key_tiles",
+    "format_number",
+    "bin_range_text",
+    "top_features",
+    "explain_element",
+    "with_direction",
+    "global_importance",
+    "TOP_FEATURE_COLUMNS",
 ]
 
 #: Kind of a feature -> display colour (hex), used by the PNG report and the napari widget.
@@ -45,6 +52,10 @@ KIND_COLOURS: dict[str, str] = {
 }
 KINDS: tuple[str, ...] = tuple(KIND_COLOURS)
 
+TOP_FEATURE_COLUMNS = [
+    "rank", "element", "feature", "bin", "bin_lo", "bin_hi", "value", "contribution",
+    "fscore", "gain", "direction", "description", "kind", "colour", "explanation",
+]
 KEY_TILE_COLUMNS = [
     "rank", "x", "y", "size", "kind", "colour", "feature", "element", "bin",
     "value", "score", "effect", "reason", "tile_index",
@@ -160,10 +171,15 @@ def _bin_index(row: Mapping) -> Optional[int]:
     return int(m.group(1)) if m and int(m.group(1)) >= 1 else None
 
 
-def _fmt(v: float) -> str:
-    """Short human number: 3 significant digits, no exponent for ordinary values."""
-    if v is None or not np.isfinite(v):
-        return "∞" if (v is not None and v > 0) else "-∞"
+def format_number(v: Any) -> str:
+    """Short human number for texts and labels: 3 significant digits, exponent only below 1e-3 or from 1e5."""
+    if v is None:
+        return "?"
+    v = float(v)
+    if math.isnan(v):
+        return "?"
+    if not np.isfinite(v):
+        return "∞" if v > 0 else "-∞"
     a = abs(v)
     if a != 0 and (a < 1e-3 or a >= 1e5):
         return f"{v:.2e}"
@@ -176,7 +192,7 @@ def _fmt(v: float) -> str:
 
 def bin_range_text(lo, hi, fmt=None) -> str:
     """Human text for a histogram bin [lo, hi): open-ended end bins read '< hi' or '≥ lo' (None/NaN = open)."""
-    fmt = fmt or _fmt
+    fmt = fmt or format_number
 
     def finite(v) -> bool:
         try:
@@ -213,9 +229,9 @@ def _hits(
         return np.zeros_like(finite), ""
     if risk_sign >= 0:
         thr = np.quantile(values[finite], 1.0 - extreme_q)
-        return finite & (values >= thr), f"among the highest {int(extreme_q * 100)}% of tiles (≥ {_fmt(thr)})"
+        return finite & (values >= thr), f"among the highest {int(extreme_q * 100)}% of tiles (≥ {format_number(thr)})"
     thr = np.quantile(values[finite], extreme_q)
-    return finite & (values <= thr), f"among the lowest {int(extreme_q * 100)}% of tiles (≤ {_fmt(thr)})"
+    return finite & (values <= thr), f"among the lowest {int(extreme_q * 100)}% of tiles (≤ {format_number(thr)})"
 
 
 def _top_bins(contribs: pd.DataFrame, n_bins: Optional[int]) -> dict[str, int]:
@@ -345,7 +361,7 @@ def key_tiles(
         kind = feature_kind(feat)
         value = float(tiles_df[feat].iloc[i])
         unit = feature_unit(feat, units)
-        vtxt = f"{_fmt(value)} {unit}".rstrip()
+        vtxt = f"{format_number(value)} {unit}".rstrip()
         text = descr[best[i]]
         if effect == "raises risk":
             tail = "higher in metastatic" if element_direction(el) >= 0 else "lower in metastatic"
@@ -370,3 +386,73 @@ def key_tiles(
             "tile_index": int(i),
         })
     return pd.DataFrame(rows, columns=KEY_TILE_COLUMNS)
+
+
+# --------------------------------------------------------------------------- a slide's explanation
+def top_features(contribs: pd.DataFrame, importance: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Top-k elements of this slide by |contribution|, with the model's F-score/gain and the feature kind."""
+    if contribs is None or len(contribs) == 0:
+        return pd.DataFrame(columns=TOP_FEATURE_COLUMNS)
+    c = contribs.copy()
+    c = c[np.isfinite(c["contribution"].astype(float))]
+    if importance is not None and len(importance) and "element" in importance.columns:
+        extra = [col for col in ("fscore", "gain", "direction", "description") if col in importance.columns and col not in c.columns]
+        c = c.merge(importance[["element", *extra]].drop_duplicates("element"), on="element", how="left")
+    if "gain" not in c.columns:
+        c["gain"] = np.nan
+    # elements the trees never used for this slide (contribution exactly 0) say nothing about it
+    nonzero = c[c["contribution"] != 0]
+    c = nonzero if len(nonzero) else c
+    c = c.assign(_abs=c["contribution"].abs(), _gain=c["gain"].fillna(0.0))
+    c = c.sort_values(["_abs", "_gain", "element"], ascending=[False, False, True], kind="mergesort")
+    c = c.head(k).drop(columns=["_abs", "_gain"])
+    if "feature" not in c.columns:
+        c["feature"] = c["element"].astype(str).str.split("|").str[0]
+    c["kind"] = [feature_kind(f) for f in c["feature"]]
+    c["colour"] = [KIND_COLOURS[k_] for k_ in c["kind"]]
+    c["explanation"] = [explain_element(r) for r in c.to_dict(orient="records")]
+    c.insert(0, "rank", np.arange(1, len(c) + 1))
+    for col in TOP_FEATURE_COLUMNS:
+        if col not in c.columns:
+            c[col] = np.nan
+    return c[TOP_FEATURE_COLUMNS + [x for x in c.columns if x not in TOP_FEATURE_COLUMNS]].reset_index(drop=True)
+
+
+def explain_element(r: dict) -> str:
+    """One sentence on what a fused element is for this slide and which way it pushed the prediction."""
+    c = float(r.get("contribution", 0.0))
+    effect = f"{'raises' if c > 0 else 'lowers'} risk by {abs(c):.2f} log-odds"
+    direction = r.get("direction")
+    direction = f" ({direction})" if isinstance(direction, str) and direction else ""
+    feat = str(r.get("feature", ""))
+    b = r.get("bin")
+    value = r.get("value")
+    if isinstance(b, (int, float, np.integer, np.floating)) and np.isfinite(b) and b >= 1 and value is not None:
+        unit = feature_unit(feat)
+        rng = f"{bin_range_text(r.get('bin_lo'), r.get('bin_hi'))} {unit}".rstrip()
+        return (f"{float(value) * 100:.0f}% of this slide's tiles have {feat} in bin {int(b)} ({rng})"
+                f"{direction}; {effect}")
+    stat = str(r.get("stat") or "").strip()
+    what = f"{feat} ({stat})" if stat and stat != feat else feat
+    return f"{what} = {format_number(value)} on this slide{direction}; {effect}"
+
+
+def with_direction(contribs: pd.DataFrame, importance: pd.DataFrame) -> pd.DataFrame:
+    """Contributions with the model's 'direction' column (higher/lower in metastatic) when it has one."""
+    if "direction" in contribs.columns or importance is None or "direction" not in importance.columns:
+        return contribs
+    return contribs.merge(importance[["element", "direction"]].drop_duplicates("element"), on="element", how="left")
+
+
+def global_importance(importance: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Model's top-k elements by gain (then F-score)."""
+    if importance is None or len(importance) == 0:
+        return pd.DataFrame()
+    imp = importance.copy()
+    keys = [c for c in ("gain", "fscore") if c in imp.columns]
+    if keys:
+        imp = imp.sort_values(keys, ascending=False, kind="mergesort")
+    imp = imp.head(k).reset_index(drop=True)
+    if "feature" in imp.columns:
+        imp["kind"] = [feature_kind(f) for f in imp["feature"]]
+    return imp

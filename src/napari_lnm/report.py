@@ -15,28 +15,9 @@ import numpy as np
 import pandas as pd
 
 from napari_lnm._atomic import atomic_path
-from napari_lnm.explain import KIND_COLOURS, bin_range_text, feature_kind, feature_unit
+from napari_lnm.explain import KIND_COLOURS, bin_range_text, feature_kind, feature_unit, format_number
 
 __all__ = ["element_label", "importance_bar_chart", "key_tile_thumbnail"]
-
-
-def _num(v) -> str:
-    """Compact number for labels."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "?"
-    v = float(v)
-    if not np.isfinite(v):
-        return "∞" if v > 0 else "-∞"
-    a = abs(v)
-    if a != 0 and (a < 1e-2 or a >= 1e5):
-        return f"{v:.1e}"
-    if a >= 100:
-        return f"{v:.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return f"{v:.3g}"
 
 
 def element_label(row) -> str:
@@ -49,7 +30,7 @@ def element_label(row) -> str:
         return el if el != feat else feat
     unit = feature_unit(feat)
     lo, hi = row.get("bin_lo", np.nan), row.get("bin_hi", np.nan)
-    rng = bin_range_text(lo, hi, _num)
+    rng = bin_range_text(lo, hi)
     return f"{feat}  bin {int(b)}: {rng} {unit}".rstrip()
 
 
@@ -119,7 +100,7 @@ def importance_bar_chart(
             if "value" in df.columns:  # what this slide has: fraction of its tiles in the bin, or the summary value
                 for y, v, val, lab in zip(ypos, vals, df["value"].astype(float), labels):
                     binned = " bin " in lab
-                    txt = f"{val * 100:.0f}% of tiles" if binned else f"= {_num(val)}"
+                    txt = f"{val * 100:.0f}% of tiles" if binned else f"= {format_number(val)}"
                     ax.text(v, y, f" {txt} " if v >= 0 else f" {txt} ", va="center",
                             ha="left" if v >= 0 else "right", fontsize=7.5, color="#333333")
             ax.set_xlabel("contribution to this slide's prediction (log-odds; > 0 raises risk)")
