@@ -30,6 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_lnm._fields import FieldError, check_array, fail, need_dict, need_int, need_key, need_list, need_number, \
+    need_str, inside
+from napari_lnm.errors import ModelError
+
 CLASSIFIERS = ("xgboost", "logreg", "svm", "mlp")
 
 
@@ -44,6 +48,17 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 def _n_inner_folds(y: np.ndarray, wanted: int = 3) -> int:
     return int(max(2, min(wanted, np.bincount(y.astype(int), minlength=2).min())))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (XGBoost appends a C++ stack trace)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _check_inputs(n_columns: int, n_inputs: int | None, field: str) -> None:
+    """FieldError when a classifier's column count differs from the inputs the model feeds it."""
+    if n_inputs is not None and n_columns != n_inputs:
+        fail(field, f"is {n_columns} columns, but the selection and clinical encoding give {n_inputs}")
 
 
 def _both_classes(y: np.ndarray, splits) -> bool:
@@ -167,17 +182,35 @@ class XGBoostClassifier(Classifier):
                 "early_stopping": self.early_stopping, "params": self.params_extra}
 
     @classmethod
-    def load(cls, d: Path, meta: dict) -> "XGBoostClassifier":
-        """Read model.ubj."""
+    def load(cls, d: Path, meta: dict, n_inputs: int | None = None, field: str = "classifier") -> "XGBoostClassifier":
+        """Read model.ubj; FieldError naming a bad field, ModelError naming a damaged model file."""
         import xgboost as xgb
 
-        c = cls(seed=meta["seed"], nthread=meta["nthread"], max_rounds=meta["max_rounds"],
-                early_stopping=meta["early_stopping"], **meta["params"])
+        params = need_dict(need_key(meta, "params", field), f"{field}.params")
+        known = ("max_depth", "eta", "subsample", "colsample_bytree", "min_child_weight")
+        for k, v in params.items():
+            need_str(k, f"{field}.params key", known)
+            need_number(v, f"{field}.params.{k}")
+        c = cls(seed=need_int(need_key(meta, "seed", field), f"{field}.seed"),
+                nthread=need_int(need_key(meta, "nthread", field), f"{field}.nthread", lo=0),
+                max_rounds=need_int(need_key(meta, "max_rounds", field), f"{field}.max_rounds", lo=1),
+                early_stopping=need_int(need_key(meta, "early_stopping", field), f"{field}.early_stopping", lo=1),
+                **params)
+        n_rounds = need_int(need_key(meta, "n_rounds", field), f"{field}.n_rounds", lo=1)
+        n_columns = need_int(need_key(meta, "n_columns", field), f"{field}.n_columns", lo=0)
+        _check_inputs(n_columns, n_inputs, f"{field}.n_columns")
+        path = inside(Path(d), need_key(meta, "file", field), f"{field}.file")
         c.booster = xgb.Booster()
-        c.booster.load_model(str(Path(d) / meta["file"]))
+        try:
+            c.booster.load_model(str(path))
+        except xgb.core.XGBoostError as exc:
+            raise ModelError(f"{path}: not a readable XGBoost model ({_first_line(exc)})") from None
+        if c.booster.num_features() != n_columns:
+            raise ModelError(f"{path}: the trees read {c.booster.num_features()} input columns, "
+                             f"{field}.n_columns says {n_columns}")
         c.booster.set_param({"nthread": c.nthread})
-        c.n_rounds = meta["n_rounds"]
-        c.n_columns = meta["n_columns"]
+        c.n_rounds = n_rounds
+        c.n_columns = n_columns
         return c
 
 
@@ -204,6 +237,13 @@ class _NumpyClassifier(Classifier):
     def _set_arrays(self, a) -> None:
         self.impute_, self.mean_, self.scale_ = a["impute"], a["mean"], a["scale"]
 
+    def _check_arrays(self, a: dict, q: int) -> None:
+        """FieldError unless the saved arrays have the shapes and values of a model with ``q`` input columns."""
+        for name in ("impute", "mean", "scale"):
+            _check_saved(a, name, (q,))
+        if np.any(a["scale"] <= 0):
+            fail("scale", "must be positive")
+
     def save(self, d: Path) -> dict:
         """Write params.npz; return metadata."""
         np.savez(Path(d) / "params.npz", **self._arrays())
@@ -214,15 +254,27 @@ class _NumpyClassifier(Classifier):
         return {}
 
     @classmethod
-    def load(cls, d: Path, meta: dict):
-        """Read params.npz (allow_pickle=False)."""
-        c = cls(seed=meta["seed"], nthread=meta["nthread"])
-        with np.load(Path(d) / meta["file"], allow_pickle=False) as a:
-            c._set_arrays({k: a[k] for k in a.files})
-        c._load_meta(meta)
+    def load(cls, d: Path, meta: dict, n_inputs: int | None = None, field: str = "classifier"):
+        """Read params.npz (allow_pickle=False); FieldError naming a bad field, ModelError naming a damaged file."""
+        c = cls(seed=need_int(need_key(meta, "seed", field), f"{field}.seed"),
+                nthread=need_int(need_key(meta, "nthread", field), f"{field}.nthread", lo=0))
+        c._load_meta(meta, field)
+        path = inside(Path(d), need_key(meta, "file", field), f"{field}.file")
+        try:
+            with np.load(path, allow_pickle=False) as a:
+                arrays = {k: a[k] for k in a.files}
+        except Exception as exc:  # zip, header and object-array (pickle) errors of a damaged file
+            raise ModelError(f"{path}: not a readable .npz file ({type(exc).__name__}: {_first_line(exc)})") from None
+        try:
+            impute = _check_saved(arrays, "impute", (None,))
+            _check_inputs(len(impute), n_inputs, "impute")
+            c._check_arrays(arrays, len(impute))
+        except FieldError as exc:
+            raise ModelError(f"{path}: {exc}") from None
+        c._set_arrays(arrays)
         return c
 
-    def _load_meta(self, meta: dict) -> None:
+    def _load_meta(self, meta: dict, field: str) -> None:
         pass
 
     def _logit_z(self, Z):  # pragma: no cover - overridden
@@ -281,6 +333,11 @@ class LogisticClassifier(_NumpyClassifier):
         super()._set_arrays(a)
         self.coef_, self.intercept_ = a["coef"], a["intercept"]
 
+    def _check_arrays(self, a, q):
+        super()._check_arrays(a, q)
+        _check_saved(a, "coef", (q,))
+        _check_saved(a, "intercept", (1,))
+
 
 class SVMClassifier(_NumpyClassifier):
     """RBF support vector machine with deterministic Platt-scaled probabilities (numpy inference)."""
@@ -327,6 +384,15 @@ class SVMClassifier(_NumpyClassifier):
         super()._set_arrays(a)
         self.sv_, self.dual_, self.intercept_ = a["support_vectors"], a["dual_coef"], a["intercept"]
         self.gamma_, self.platt_ = a["gamma"], a["platt"]
+
+    def _check_arrays(self, a, q):
+        super()._check_arrays(a, q)
+        n_sv = len(_check_saved(a, "support_vectors", (None, q)))
+        _check_saved(a, "dual_coef", (n_sv,))
+        _check_saved(a, "intercept", (1,))
+        if np.any(_check_saved(a, "gamma", (1,)) <= 0):
+            fail("gamma", "must be positive")
+        _check_saved(a, "platt", (2,))
 
 
 class MLPClassifier(_NumpyClassifier):
@@ -376,8 +442,27 @@ class MLPClassifier(_NumpyClassifier):
     def _meta(self):
         return {"hidden": list(self.hidden), "activation": "relu"}
 
-    def _load_meta(self, meta):
-        self.hidden = tuple(meta.get("hidden", ()))
+    def _check_arrays(self, a, q):
+        super()._check_arrays(a, q)
+        n = sum(1 for k in a if k.startswith("W"))
+        if n == 0:
+            fail("W0", "is missing")
+        width = q
+        for i in range(n):
+            out = 1 if i == n - 1 else None  # the last layer gives the single logit
+            width = _check_saved(a, f"W{i}", (width, out)).shape[1]
+            _check_saved(a, f"b{i}", (width,))
+
+    def _load_meta(self, meta, field):
+        hidden = need_list(meta.get("hidden", []), f"{field}.hidden")
+        self.hidden = tuple(need_int(h, f"{field}.hidden[{i}]", lo=1) for i, h in enumerate(hidden))
+
+
+def _check_saved(a: dict, name: str, shape: tuple) -> np.ndarray:
+    """Saved array ``name`` if present, floating point, finite and of ``shape``; FieldError otherwise."""
+    if name not in a:
+        fail(name, "is missing")
+    return check_array(a[name], name, shape)
 
 
 _CLASSES = {"xgboost": XGBoostClassifier, "logreg": LogisticClassifier, "svm": SVMClassifier,
@@ -391,9 +476,15 @@ def make_classifier(kind: str = "xgboost", seed: int = 0, nthread: int = 1) -> C
     return _CLASSES[kind](seed=seed, nthread=nthread)
 
 
-def load_classifier(d: Path, meta: dict) -> Classifier:
-    """Load a classifier saved by ``save`` from folder ``d`` with its metadata."""
-    kind = meta.get("kind")
-    if kind not in _CLASSES:
-        raise ValueError(f"unknown classifier kind {kind!r}")
-    return _CLASSES[kind].load(Path(d), meta)
+def load_classifier(d: Path, meta: dict, n_inputs: int | None = None, field: str = "classifier") -> Classifier:
+    """Load a classifier saved by ``save`` from folder ``d`` with its metadata.
+
+    ``n_inputs``, when given, is the number of columns the model feeds it. A bad
+    metadata field raises FieldError naming it; a missing or damaged file ModelError naming the file.
+    """
+    meta = need_dict(meta, field)
+    kind = need_str(need_key(meta, "kind", field), f"{field}.kind", CLASSIFIERS)
+    path = inside(Path(d), need_key(meta, "file", field), f"{field}.file")
+    if not path.is_file():
+        raise ModelError(f"{d}: classifier file {meta['file']} missing")
+    return _CLASSES[kind].load(Path(d), meta, n_inputs, field)

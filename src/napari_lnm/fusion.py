@@ -32,9 +32,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from napari_lnm.engine import META_COLUMNS
+from napari_lnm._fields import fail, need_array, need_dict, need_int, need_key, need_list, need_number, \
+    need_str, need_strs
 from napari_lnm.errors import CohortError, UserError
 
-META_COLUMNS = ("slide_id", "x", "y", "size", "tissue_fraction")
 
 ORDINALS = {1: "1st", 2: "2nd", 3: "3rd"}
 
@@ -216,9 +218,12 @@ class HistogramFusion(Fusion):
         return {"bins": self.bins, "edges": self.edges, "edges_": self.edges_.tolist()}
 
     @classmethod
-    def _from_params(cls, d: dict) -> "HistogramFusion":
-        f = cls(bins=d["bins"], edges=d["edges"])
-        f.edges_ = np.asarray(d["edges_"], dtype=np.float64).reshape(len(d["feature_names"]), d["bins"] + 1)
+    def _from_params(cls, d: dict, n_features: int, field: str) -> "HistogramFusion":
+        bins = need_int(need_key(d, "bins", field), f"{field}.bins", lo=2)
+        f = cls(bins=bins, edges=need_str(need_key(d, "edges", field), f"{field}.edges", ("quantile", "uniform")))
+        # searchsorted needs finite, sorted edges: NaN edges would put every tile into one bin silently
+        f.edges_ = need_array(need_key(d, "edges_", field), f"{field}.edges_", (n_features, bins + 1),
+                              increasing_rows=True)
         return f
 
 
@@ -259,12 +264,15 @@ class _SummaryFusion(Fusion):
         return {"fill_": self.fill_.tolist()}
 
     @classmethod
-    def _from_params(cls, d: dict):
-        f = cls(**{k: d[k] for k in cls._init_keys})
-        f.fill_ = np.asarray(d["fill_"], dtype=np.float64)
+    def _from_params(cls, d: dict, n_features: int, field: str):
+        f = cls(**cls._init_params(d, field))
+        f.fill_ = need_array(need_key(d, "fill_", field), f"{field}.fill_", (n_features * len(f.parts),))
         return f
 
-    _init_keys: tuple = ()
+    @classmethod
+    def _init_params(cls, d: dict, field: str) -> dict:
+        """Constructor arguments read from a saved fusion."""
+        return {}
 
 
 class MeanFusion(_SummaryFusion):
@@ -291,7 +299,6 @@ class PNormFusion(_SummaryFusion):
     """Generalised p-mean (mean |x|^p)^(1/p) of each tile feature (feature units)."""
 
     kind = "pnorm"
-    _init_keys = ("p",)
 
     def __init__(self, p: float = 3.0) -> None:
         super().__init__()
@@ -309,12 +316,15 @@ class PNormFusion(_SummaryFusion):
     def _params(self):
         return {"p": self.p, **super()._params()}
 
+    @classmethod
+    def _init_params(cls, d, field):
+        return {"p": need_number(need_key(d, "p", field), f"{field}.p", positive=True)}
+
 
 class QuantileFusion(_SummaryFusion):
     """10th, 50th and 90th percentiles of each tile feature over the slide's tiles (feature units)."""
 
     kind = "quantile"
-    _init_keys = ("quantiles",)
 
     def __init__(self, quantiles: Sequence[float] = (10.0, 50.0, 90.0)) -> None:
         super().__init__()
@@ -331,6 +341,13 @@ class QuantileFusion(_SummaryFusion):
 
     def _params(self):
         return {"quantiles": self.quantiles, **super()._params()}
+
+    @classmethod
+    def _init_params(cls, d, field):
+        qs = need_list(need_key(d, "quantiles", field), f"{field}.quantiles")
+        if not qs:
+            fail(f"{field}.quantiles", "is empty")
+        return {"quantiles": [need_number(q, f"{field}.quantiles[{i}]", lo=0.0, hi=100.0) for i, q in enumerate(qs)]}
 
 
 def _lloyd_1d(v: np.ndarray, c: np.ndarray, n_iter: int) -> tuple[np.ndarray, float]:
@@ -398,9 +415,11 @@ class KMeansFusion(Fusion):
         return {"k": self.k, "centres_": self.centres_.tolist()}
 
     @classmethod
-    def _from_params(cls, d):
-        f = cls(k=d["k"])
-        f.centres_ = np.asarray(d["centres_"], dtype=np.float64).reshape(len(d["feature_names"]), d["k"])
+    def _from_params(cls, d, n_features, field):
+        k = need_int(need_key(d, "k", field), f"{field}.k", lo=2)
+        f = cls(k=k)
+        f.centres_ = need_array(need_key(d, "centres_", field), f"{field}.centres_", (n_features, k),
+                                increasing_rows=True)
         return f
 
 
@@ -427,11 +446,18 @@ def make_fusion(kind: str = "histogram", bins: int = 5, edges: str = "quantile",
     raise ValueError(f"unknown fusion {kind!r}; choose one of {sorted(FUSIONS)}")
 
 
-def fusion_from_dict(d: dict) -> Fusion:
-    """Rebuild a fitted fusion from :meth:`Fusion.to_dict` output."""
-    cls = FUSIONS.get(d.get("kind"))
-    if cls is None:
-        raise ValueError(f"unknown fusion kind {d.get('kind')!r}")
-    f = cls._from_params(d)
-    f.feature_names = list(d["feature_names"])
+def fusion_from_dict(d: dict, feature_names: Sequence[str] | None = None, field: str = "fusion") -> Fusion:
+    """Rebuild a fitted fusion from :meth:`Fusion.to_dict` output; FieldError naming the first bad field.
+
+    ``feature_names``, when given, are the model's: the fusion must fuse exactly those.
+    """
+    d = need_dict(d, field)
+    need_str(need_key(d, "kind", field), f"{field}.kind", tuple(FUSIONS))
+    names = need_strs(need_key(d, "feature_names", field), f"{field}.feature_names", unique=True)
+    if not names:
+        fail(f"{field}.feature_names", "is empty")
+    if feature_names is not None and names != list(feature_names):
+        fail(f"{field}.feature_names", "differs from the bundle's feature_names")
+    f = FUSIONS[d["kind"]]._from_params(d, len(names), field)
+    f.feature_names = names
     return f

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,10 +32,13 @@ import pandas as pd
 
 from napari_lnm import __version__
 from napari_lnm._atomic import atomic_dir
+from napari_lnm._fields import FieldError, fail, inside, need_dict, need_key, need_list, need_number, need_str, \
+    need_strs
 from napari_lnm.classifiers import Classifier, load_classifier, make_classifier
 from napari_lnm.errors import CohortError, ModelError, UserError
 from napari_lnm.fusion import Fusion, feature_columns, fusion_from_dict, make_fusion, ordinal
 from napari_lnm.progress import check_stop, report
+from napari_lnm.provenance import read_provenance
 from napari_lnm.selection import Selection, select_elements
 
 SCHEMA_VERSION = 1
@@ -191,9 +195,31 @@ class ClinicalEncoder:
         return {"columns": self.columns, "numeric": self.numeric, "categories": self.categories}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ClinicalEncoder":
-        """Inverse of :meth:`to_dict`."""
-        return cls(columns=list(d["columns"]), numeric=dict(d["numeric"]), categories=dict(d["categories"]))
+    def from_dict(cls, d: dict, field: str = "clinical") -> "ClinicalEncoder":
+        """Inverse of :meth:`to_dict`; FieldError naming the first bad field.
+
+        Every column is numeric (``[mean, sd]``, sd > 0) or categorical (a list of levels), never both.
+        """
+        d = need_dict(d, field)
+        columns = need_strs(need_key(d, "columns", field), f"{field}.columns")
+        numeric = need_dict(need_key(d, "numeric", field), f"{field}.numeric")
+        categories = need_dict(need_key(d, "categories", field), f"{field}.categories")
+        for c, v in numeric.items():
+            if c not in columns:
+                fail(f"{field}.numeric.{c}", "is not one of the clinical columns")
+            mu, sd = need_list(v, f"{field}.numeric.{c}", length=2)
+            need_number(mu, f"{field}.numeric.{c}[0]")
+            need_number(sd, f"{field}.numeric.{c}[1]", positive=True)
+        for c, v in categories.items():
+            if c not in columns:
+                fail(f"{field}.categories.{c}", "is not one of the clinical columns")
+            if c in numeric:
+                fail(f"{field}.categories.{c}", "names a column that is also numeric")
+            need_strs(v, f"{field}.categories.{c}", unique=True)
+        for c in columns:
+            if c not in numeric and c not in categories:
+                fail(f"{field}.columns", f"lists {c!r}, which is neither in numeric nor in categories")
+        return cls(columns=list(columns), numeric=dict(numeric), categories=dict(categories))
 
 
 # --------------------------------------------------------------------------- AUC
@@ -448,7 +474,7 @@ class ModelBundle:
             "package_version": self.package_version,
             "config": self.config,
             "feature_names": self.feature_names,
-            "feature_schema_hash": hashlib.sha256("\n".join(self.feature_names).encode()).hexdigest()[:16],
+            "feature_schema_hash": _schema_hash(self.feature_names),
             "fusion": self.fusion.to_dict(),
             "selection": self.selection.to_dict(),
             "clinical": self.clinical.to_dict() if self.clinical else None,
@@ -480,7 +506,7 @@ class ModelBundle:
 
     @classmethod
     def load(cls, directory: str | Path) -> "ModelBundle":
-        """Read a bundle folder; ModelError naming the folder if it is missing, incomplete or incompatible."""
+        """Read a bundle folder; one-line ModelError naming the file (and field) if missing, damaged or incompatible."""
         d = Path(directory)
         f = d / BUNDLE_FILE
         if not d.is_dir():
@@ -491,6 +517,8 @@ class ModelBundle:
             meta = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"{d}: {BUNDLE_FILE} is unreadable ({exc})") from None
+        if not isinstance(meta, dict):
+            raise ModelError(f"{f}: must hold a JSON object, not a {type(meta).__name__}")
         sv = meta.get("schema_version")
         if sv != SCHEMA_VERSION:
             raise ModelError(f"{d}: bundle schema version {sv} is not supported (this napari-lnm reads "
@@ -499,28 +527,99 @@ class ModelBundle:
         if pv.split(".")[0] != __version__.split(".")[0]:
             raise ModelError(f"{d}: bundle was made by napari-lnm {pv}, incompatible with {__version__}; "
                              f"retrain the model")
-        cmeta = meta.get("classifier") or {}
-        cfile = d / str(cmeta.get("file", ""))
-        if not cmeta.get("file") or not cfile.is_file():
-            raise ModelError(f"{d}: classifier file {cmeta.get('file', '?')} missing")
         try:
-            classifier = load_classifier(d, cmeta)
-            fusion = fusion_from_dict(meta["fusion"])
-            selection = Selection.from_dict(meta["selection"])
-            clinical = ClinicalEncoder.from_dict(meta["clinical"]) if meta.get("clinical") else None
-            importance = pd.DataFrame(meta["importance"])
-            cv = None
-            if (d / "cv_report.json").is_file():
-                cv = CVReport.from_dict(json.loads((d / "cv_report.json").read_text(encoding="utf-8")))
+            return cls._from_meta(d, meta)
+        except FieldError as exc:
+            raise ModelError(f"{f}: {exc}") from None
         except ModelError:
             raise
-        except Exception as exc:  # corrupt or hand-edited bundle
-            first = (str(exc).strip().splitlines() or [""])[0]  # XGBoost appends a multi-line C++ stack trace
-            raise ModelError(f"{d}: bundle is damaged ({type(exc).__name__}: {first})") from None
-        subs = {name: cls.load(d / rel) for name, rel in (meta.get("subtype_models") or {}).items()}
-        return cls(meta["feature_names"], fusion, selection, classifier, meta["config"], importance,
-                   clinical=clinical, cv_report=cv, subtype_models=subs,
-                   subtype_routing=meta.get("subtype_routing"), package_version=pv, schema_version=sv)
+        except Exception as exc:  # a damage no check foresaw: still one line, never a traceback
+            raise ModelError(f"{d}: bundle is damaged ({_one_line(exc)})") from None
+
+    @classmethod
+    def _from_meta(cls, d: Path, meta: dict) -> "ModelBundle":
+        """The bundle that the parsed bundle.json ``meta`` of folder ``d`` describes; FieldError naming a bad field."""
+        names = need_strs(need_key(meta, "feature_names", ""), "feature_names", unique=True)
+        if not names:
+            fail("feature_names", "is empty")
+        if meta.get("feature_schema_hash") is not None and meta["feature_schema_hash"] != _schema_hash(names):
+            fail("feature_schema_hash", "does not match feature_names")
+        config = need_dict(need_key(meta, "config", ""), "config")
+        _check_tiling(config.get("tiling"), "config.tiling")
+        fusion = fusion_from_dict(need_key(meta, "fusion", ""), names)
+        selection = Selection.from_dict(need_key(meta, "selection", ""), fusion.element_names)
+        clinical = None if meta.get("clinical") is None else ClinicalEncoder.from_dict(meta["clinical"])
+        inputs = list(selection.names) + (clinical.names if clinical else [])
+        classifier = load_classifier(d, need_key(meta, "classifier", ""), len(inputs))
+        importance = _importance_frame(need_key(meta, "importance", ""), inputs)
+        routing = need_dict(meta.get("subtype_routing") or {}, "subtype_routing")
+        for name, how in routing.items():
+            need_str(how, f"subtype_routing.{name}")
+        subs = {}
+        for name, rel in need_dict(meta.get("subtype_models") or {}, "subtype_models").items():
+            sub = cls.load(inside(d, rel, f"subtype_models.{name}"))
+            if sub.feature_names != names:
+                fail(f"subtype_models.{name}", "is a model of other tile features than the bundle's")
+            subs[name] = sub
+        return cls(names, fusion, selection, classifier, config, importance, clinical=clinical,
+                   cv_report=_load_cv_report(d / "cv_report.json"), subtype_models=subs, subtype_routing=routing,
+                   package_version=str(meta.get("package_version", "")), schema_version=meta.get("schema_version"))
+
+
+def _schema_hash(names: Sequence[str]) -> str:
+    """Short SHA-256 of the ordered tile feature names, as bundle.json records it."""
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def _one_line(exc: BaseException) -> str:
+    """'<type>: <first line of the message>' (XGBoost appends a multi-line C++ stack trace)."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
+IMPORTANCE_COLUMNS = ("element", "feature", "bin", "bin_lo", "bin_hi", "stat", "fscore", "gain", "direction",
+                      "description")
+
+
+def _importance_frame(rows, inputs: list[str]) -> pd.DataFrame:
+    """bundle.json's importance records as a DataFrame: one row per classifier input, in input order."""
+    rows = need_list(rows, "importance", length=len(inputs))
+    for i, r in enumerate(rows):
+        need_dict(r, f"importance[{i}]")
+        for k in IMPORTANCE_COLUMNS:
+            need_key(r, k, f"importance[{i}]")
+        if r["element"] != inputs[i]:
+            fail(f"importance[{i}].element", f"is {r['element']!r}, but input {i} is {inputs[i]!r}")
+        for k in ("fscore", "gain"):
+            need_number(r[k], f"importance[{i}].{k}")
+    return pd.DataFrame(rows)
+
+
+def _check_tiling(tiling, field: str) -> None:
+    """FieldError unless ``tiling`` is None or the settings of a valid ``TilingConfig`` (extra keys allowed)."""
+    if tiling is None:
+        return
+    import dataclasses
+
+    from napari_lnm.tiling import TilingConfig
+
+    need_dict(tiling, field)
+    known = {f.name for f in dataclasses.fields(TilingConfig)}
+    try:
+        TilingConfig(**{k: v for k, v in tiling.items() if k in known})
+    except (TypeError, ValueError) as exc:  # UserError is a ValueError
+        fail(field, f"is not a valid tiling ({(str(exc).splitlines() or [''])[0]})")
+
+
+def _load_cv_report(path: Path) -> CVReport | None:
+    """The bundle's cross-validation report, or None without one; ModelError naming the file if it is damaged."""
+    if not path.is_file():
+        return None
+    try:
+        rep = CVReport.from_dict(need_dict(json.loads(path.read_text(encoding="utf-8")), "cv report"))
+        rep.summary()  # formats the AUCs, CI and fold count: a damaged value fails here, not when printed
+    except Exception as exc:
+        raise ModelError(f"{path}: damaged cross-validation report ({_one_line(exc)})") from None
+    return rep
 
 
 # --------------------------------------------------------------------------- training
@@ -625,8 +724,10 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
     feature_names = list(feature_names) if feature_names is not None else infer_feature_names(tables)
     if not feature_names:
         raise CohortError("the features tables have no feature columns")
-    if np.bincount(y, minlength=2).min() < 2:
-        raise CohortError("training needs at least 2 slides of each class")
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < 2:
+        raise CohortError(f"training needs at least 2 slides of each class; the slides given have {counts[0]} "
+                          f"negative and {counts[1]} positive")
     if clinical is not None:
         clinical = clinical.reset_index(drop=True)
     groups = _check_groups(groups, len(y))
@@ -680,6 +781,19 @@ def _check_groups(groups, n: int) -> np.ndarray | None:
     return out
 
 
+def _cv_advice(n_min: int, n_splits: int) -> str:
+    """What to do when ``n_splits``-fold CV fails with ``n_min`` slides (or patients) in the rarer class.
+
+    A k-fold split trains each fold on at least n - ceil(n / k) of a class, and training
+    needs 2 of each, so only such k are suggested: the largest below ``n_splits``, else the smallest above.
+    """
+    ok = [k for k in range(2, n_min + 1) if k != n_splits and n_min - -(-n_min // k) >= 2]
+    if not ok:
+        return "too few for cross-validation, which needs at least 3 of each class"
+    fewer = [k for k in ok if k < n_splits]
+    return f"use --cv {max(fewer) if fewer else min(ok)}"
+
+
 def _folds(y: np.ndarray, groups, n_splits: int, seed: int) -> tuple[np.ndarray, bool]:
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -692,16 +806,25 @@ def _folds(y: np.ndarray, groups, n_splits: int, seed: int) -> tuple[np.ndarray,
         per_class = [len(np.unique(g[y == c])) for c in (0, 1)]
         if min(per_class) < n_splits:
             raise CohortError(f"{n_splits}-fold CV grouped by patient needs at least {n_splits} patients per "
-                              f"class; the cohort has {per_class[0]} negative and {per_class[1]} positive")
+                              f"class; the cohort has {per_class[0]} negative and {per_class[1]} positive "
+                              f"({_cv_advice(min(per_class), n_splits)})")
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(y, y, g)
     else:
         counts = np.bincount(y, minlength=2)
         if counts.min() < n_splits:
             raise CohortError(f"{n_splits}-fold CV needs at least {n_splits} slides per class; the cohort has "
-                              f"{counts[0]} negative and {counts[1]} positive (use --cv {max(2, counts.min())})")
+                              f"{counts[0]} negative and {counts[1]} positive ({_cv_advice(counts.min(), n_splits)})")
         splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(y, y)
     for k, (_, te) in enumerate(splitter):
         fold[te] = k
+    counts = np.bincount(y, minlength=2)
+    for k in range(n_splits):  # every fold trains a full model, which needs 2 slides of each class
+        tr = np.bincount(y[fold != k], minlength=2)
+        if tr.min() < 2:
+            n_min = min(per_class) if grouped else int(counts.min())
+            raise CohortError(f"{n_splits}-fold CV trains fold {k + 1} on {tr[0]} negative and {tr[1]} positive "
+                              f"slides, and training needs at least 2 of each class; the cohort has {counts[0]} "
+                              f"negative and {counts[1]} positive ({_cv_advice(n_min, n_splits)})")
     return fold, grouped
 
 
@@ -768,48 +891,63 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
     return rep
 
 
+# --------------------------------------------------------------------------- leakage
+def _table_hash(df: pd.DataFrame) -> str | None:
+    """SHA-256 of a features table's feature names and values, or None for a table without tiles or features."""
+    names = feature_columns(df)
+    if not len(df) or not names:
+        return None  # empty tables are all alike without being one slide
+    m = df.loc[:, names].to_numpy(dtype=np.float64, na_value=np.nan)
+    m = np.where(np.isnan(m), np.nan, m)  # one bit pattern for every NaN
+    h = hashlib.sha256("\n".join(names).encode())
+    h.update(np.ascontiguousarray(m).tobytes())
+    return h.hexdigest()
+
+
+def _resolved(path) -> str | None:
+    """The cohort path with ~ and symbolic links resolved, or None when the row has none."""
+    if path is None or (isinstance(path, float) and np.isnan(path)) or not str(path).strip():
+        return None
+    return os.path.realpath(os.path.expanduser(str(path).strip()))
+
+
+def check_duplicate_slides(cohort: pd.DataFrame, tables: list[pd.DataFrame], allow: bool = False) -> list[str]:
+    """Cohort rows that are one slide twice (same resolved ``path``, or identical feature values), one line each.
+
+    Such a pair trains as two slides, and cross-validation can then test a slide it
+    also trained on, which inflates the AUC. CohortError naming both slide ids and
+    the reason, unless ``allow`` (deliberate duplicates): then the lines are returned.
+    """
+    ids = cohort["slide_id"].astype(str).tolist()
+    if len(tables) != len(ids):
+        raise CohortError(f"{len(tables)} feature tables for {len(ids)} cohort rows")
+    found: dict[tuple[str, str], str] = {}
+    paths = cohort["path"].tolist() if "path" in cohort.columns else [None] * len(ids)
+    for what, keys in (("path", [_resolved(p) for p in paths]), ("features", [_table_hash(t) for t in tables])):
+        first: dict[str, str] = {}
+        for sid, key in zip(ids, keys):
+            if key is None:
+                continue
+            if key not in first:
+                first[key] = sid
+            elif (first[key], sid) not in found:
+                found[(first[key], sid)] = (f"slides {first[key]!r} and {sid!r} are the same slide file {key}"
+                                            if what == "path" else
+                                            f"slides {first[key]!r} and {sid!r} have identical feature tables")
+    lines = list(found.values())
+    if lines and not allow:
+        more = f" (and {len(lines) - 1} more pair{'s' if len(lines) > 2 else ''})" if len(lines) > 1 else ""
+        raise CohortError(f"{lines[0]}{more}: one slide on both sides of a CV split inflates the AUC; remove the "
+                          f"copy, or train with --allow-duplicates if it is deliberate")
+    return lines
+
+
 # --------------------------------------------------------------------------- cohort I/O
 def read_cohort_csv(path: str | Path) -> pd.DataFrame:
-    """Cohort table (slide_id, path, label[, subtype][, patient_id], ...) via ``extract.read_cohort``.
+    """The cohort CSV for training and evaluation (``cohort.read_cohort``; slide files need not exist)."""
+    from napari_lnm.cohort import read_cohort
 
-    Slide files are not required to exist (training needs only the features).
-    """
-    try:
-        from napari_lnm.extract import read_cohort  # the project's single definition
-    except ImportError:  # pragma: no cover - extract is part of the package
-        return _read_cohort_fallback(path)
-    try:
-        return read_cohort(path, check_files=False)
-    except TypeError:  # pragma: no cover - older signature
-        return read_cohort(path)
-
-
-def _read_cohort_fallback(path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise CohortError(f"{path}: cohort file not found")
-    try:
-        df = pd.read_csv(path, dtype={"slide_id": str, "patient_id": str, "subtype": str})
-    except Exception as exc:
-        raise CohortError(f"{path}: cannot read cohort CSV ({exc})") from None
-    missing = [c for c in ("slide_id", "label") if c not in df.columns]
-    if missing:
-        raise CohortError(f"{path}: cohort lacks column(s) {', '.join(missing)}")
-    if df["slide_id"].duplicated().any():
-        raise CohortError(f"{path}: duplicate slide_id {df['slide_id'][df['slide_id'].duplicated()].iloc[0]!r}")
-    return df
-
-
-def _provenance(table) -> dict | None:
-    """The ``napari_lnm`` JSON provenance of a Parquet table written by ``napari_lnm.extract``, or None."""
-    raw = (table.schema.metadata or {}).get(b"napari_lnm")
-    if not raw:
-        return None
-    try:
-        d = json.loads(raw)
-    except ValueError:
-        return None
-    return d if isinstance(d, dict) else None
+    return read_cohort(path, check_files=False)
 
 
 def load_feature_tables(cohort: pd.DataFrame, features_dir: str | Path) -> tuple[list[pd.DataFrame], dict | None]:
@@ -835,7 +973,7 @@ def load_feature_tables(cohort: pd.DataFrame, features_dir: str | Path) -> tuple
             t = pq.read_table(p)
         except Exception as exc:
             raise CohortError(f"slide {sid}: cannot read features file {p} ({exc})") from None
-        prov = _provenance(t)
+        prov = read_provenance(t)
         if prov is not None and isinstance(prov.get("tiling"), dict):
             key = (json.dumps(prov["tiling"], sort_keys=True), prov.get("feature_schema_hash"))
             if ref is None:

@@ -17,6 +17,9 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from napari_lnm._fields import fail, need_array, need_bool, need_dict, need_int, need_key, need_list, need_number, \
+    need_str, need_strs
+
 TESTS = ("ks", "mannwhitney", "ttest", "anova", "none")
 DEFAULT_FALLBACK_Q = 10
 
@@ -52,17 +55,38 @@ class Selection:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Selection":
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, d: dict, element_names: Sequence[str] | None = None, field: str = "selection") -> "Selection":
+        """Inverse of :meth:`to_dict`; FieldError naming the first bad field.
+
+        ``element_names``, when given, are the fusion's P elements: the indices must
+        lie in 0..P-1 and name those elements, and there must be one p-value per element.
+        """
+        d = need_dict(d, field)
+        raw = need_list(need_key(d, "indices", field), f"{field}.indices")
+        idx = [need_int(i, f"{field}.indices[{k}]", lo=0) for k, i in enumerate(raw)]
+        if len(set(idx)) != len(idx):
+            fail(f"{field}.indices", "lists an element twice")
+        names = need_strs(need_key(d, "names", field), f"{field}.names", length=len(idx))
+        n_el = None if element_names is None else len(element_names)
+        pvalues = need_array(need_key(d, "pvalues", field), f"{field}.pvalues", (n_el,))
+        if n_el is not None:
+            bad = [i for i in idx if i >= n_el]
+            if bad:
+                fail(f"{field}.indices", f"has index {bad[0]}, out of range for the fusion's {n_el} elements")
+            wrong = [k for k, i in enumerate(idx) if names[k] != element_names[i]]
+            if wrong:
+                k = wrong[0]
+                fail(f"{field}.names[{k}]", f"is {names[k]!r} but index {idx[k]} is element {element_names[idx[k]]!r}")
+        top_q = d.get("top_q")
         return cls(
-            indices=np.asarray(d["indices"], dtype=np.int64),
-            names=list(d["names"]),
-            pvalues=np.asarray(d["pvalues"], dtype=np.float64),
-            fallback=bool(d["fallback"]),
-            message=d.get("message", ""),
-            test=d.get("test", "ks"),
-            alpha=float(d.get("alpha", 0.05)),
-            top_q=d.get("top_q"),
+            indices=np.asarray(idx, dtype=np.int64),
+            names=names,
+            pvalues=pvalues,
+            fallback=need_bool(need_key(d, "fallback", field), f"{field}.fallback"),
+            message=need_str(d.get("message", ""), f"{field}.message"),
+            test=need_str(d.get("test", "ks"), f"{field}.test", TESTS),
+            alpha=float(need_number(d.get("alpha", 0.05), f"{field}.alpha")),
+            top_q=None if top_q is None else need_int(top_q, f"{field}.top_q", lo=1),
         )
 
 

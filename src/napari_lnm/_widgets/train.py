@@ -23,7 +23,8 @@ def train_job(cohort_csv: str, features_dir: str, out_dir: str, cv: int = 5, cla
 
     Returns ``(bundle, cv_report, out_path)``. Runs off the GUI thread.
     """
-    from napari_lnm.model import TrainConfig, cross_validate, load_feature_tables, read_cohort_csv, train_model
+    from napari_lnm.model import (TrainConfig, check_duplicate_slides, cross_validate, load_feature_tables,
+                                  read_cohort_csv, train_model)
 
     if not str(out_dir).strip():
         raise UserError("choose a folder to save the model bundle in")
@@ -36,6 +37,7 @@ def train_job(cohort_csv: str, features_dir: str, out_dir: str, cv: int = 5, cla
         # the CSV path (not the table) so that relative slide paths resolve against its folder
         extract_cohort(cohort_csv, features_dir, tiling, workers=1, progress=progress, should_stop=should_stop)
     tables, tiling_meta = load_feature_tables(cohort, features_dir)
+    check_duplicate_slides(cohort, tables)
     labels = cohort["label"].to_numpy()
     groups = cohort["patient_id"].astype(str).to_numpy() if "patient_id" in cohort.columns else None
     cfg = TrainConfig(cv=int(cv), classifier=classifier, seed=int(seed),

@@ -42,7 +42,10 @@ def evaluate_cohort(bundle, cohort: pd.DataFrame, tables: list[pd.DataFrame]) ->
 
 
 def tiling_mismatch(model_tiling: dict | None, features_tiling: dict | None) -> str:
-    """'' if the features' magnification and tile size (px) match the model's, else what differs."""
+    """'' if the features were made with the model's tiling (magnification, tile size, segmentation, minimum
+    tissue, overlap), else what differs, each with both values."""
+    from napari_lnm.tiling import TilingConfig
+
     if not model_tiling or not features_tiling:
         return ""  # features or model without provenance: nothing to compare
     diffs = []
@@ -50,6 +53,15 @@ def tiling_mismatch(model_tiling: dict | None, features_tiling: dict | None) -> 
         a, b = model_tiling.get(key), features_tiling.get(key)
         if a is not None and b is not None and float(a) != float(b):
             diffs.append(f"{float(b):g}{unit} (the model: {float(a):g}{unit})")
+    # a setting the record lacks predates it and was the default, as prediction also assumes
+    default = {k: TilingConfig.__dataclass_fields__[k].default for k in ("segmentation", "min_tissue", "overlap")}
+    a, b = (str(t.get("segmentation") or default["segmentation"]) for t in (model_tiling, features_tiling))
+    if a != b:
+        diffs.append(f"segmentation {b!r} (the model: {a!r})")
+    for key, label in (("min_tissue", "minimum tissue fraction"), ("overlap", "overlap")):
+        a, b = (float(default[key] if t.get(key) is None else t[key]) for t in (model_tiling, features_tiling))
+        if a != b:
+            diffs.append(f"{label} {b:g} (the model: {a:g})")
     return ", ".join(diffs)
 
 

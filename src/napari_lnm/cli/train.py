@@ -50,6 +50,8 @@ def add_parser(subparsers) -> None:
                    help="subtypes with fewer slides use the pooled model (default 10)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the AUC CI")
     p.add_argument("--threads", type=int, default=1, help="XGBoost threads (default 1)")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="train even when two cohort rows are one slide (same file or identical features)")
     p.set_defaults(func=run)
 
 
@@ -59,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_lnm.errors import CohortError
     from napari_lnm.fusion import make_fusion
-    from napari_lnm.model import (TrainConfig, cross_validate, load_feature_tables, read_cohort_csv,
-                                  train_model)
+    from napari_lnm.model import (TrainConfig, check_duplicate_slides, cross_validate, load_feature_tables,
+                                  read_cohort_csv, train_model)
 
     out = Path(args.out)
     check_output_dir(out)
@@ -82,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise CohortError(f"{args.cohort}: --per-subtype needs a 'subtype' column")
     labels = cohort["label"].to_numpy()
     tables, tiling = load_feature_tables(cohort, args.features_dir)
+    for line in check_duplicate_slides(cohort, tables, allow=args.allow_duplicates):
+        print(f"warning: {line} (kept: --allow-duplicates)")
     config = TrainConfig(fusion=args.fusion, bins=args.bins, edges=args.edges, p=args.p, test=args.select,
                          alpha=args.alpha, top_q=args.top_q, classifier=args.classifier, cv=args.cv,
                          seed=args.seed, clinical=clinical_cols, per_subtype=args.per_subtype,

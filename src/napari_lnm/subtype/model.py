@@ -15,10 +15,12 @@ from torch import nn
 
 from napari_lnm import __version__
 from napari_lnm._atomic import atomic_dir
+from napari_lnm._fields import FieldError, need_dict, need_int, need_key, need_list, need_number, need_str, \
+    need_strs
 from napari_lnm.errors import ModelError, UserError
 from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
 from napari_lnm.subtype._vote import SUBTYPES, SubtypeVote, vote
-from napari_lnm.subtype.nets import DEFAULT_INPUT, build_network, count_parameters, load_weights
+from napari_lnm.subtype.nets import ARCHITECTURES, DEFAULT_INPUT, build_network, count_parameters, load_weights
 
 FORMAT = "napari-lnm/subtype-cnn"
 FORMAT_VERSION = 1
@@ -200,20 +202,23 @@ class SubtypeModel:
         if not isinstance(config, dict) or config.get("format") != FORMAT:
             raise ModelError(f"{cfg_path}: not a napari-lnm subtype model config (format {config.get('format')!r})"
                              if isinstance(config, dict) else f"{cfg_path}: not a JSON object")
-        if int(config.get("format_version", -1)) > FORMAT_VERSION:
-            raise ModelError(f"{cfg_path}: format version {config.get('format_version')} is newer than this "
-                             f"napari-lnm ({__version__}) reads ({FORMAT_VERSION}); upgrade napari-lnm")
-        for key in ("arch", "classes", "input_size", "tile_size", "magnification", "normalisation"):
-            if key not in config:
-                raise ModelError(f"{cfg_path}: missing key {key!r}")
+        try:
+            version = need_int(config.get("format_version", -1), "format_version")
+            if version > FORMAT_VERSION:
+                raise ModelError(f"{cfg_path}: format version {version} is newer than this napari-lnm "
+                                 f"({__version__}) reads ({FORMAT_VERSION}); upgrade napari-lnm")
+            _check_config(config)
+        except FieldError as exc:
+            raise ModelError(f"{cfg_path}: {exc}") from None
         net = build_network(str(config["arch"]), len(config["classes"]))
         if not w_path.is_file():
             raise ModelError(f"{w_path}: weights file missing")
         try:
             with np.load(w_path, allow_pickle=False) as z:
                 arrays = {k: np.array(z[k]) for k in z.files}
-        except Exception as exc:
-            raise ModelError(f"{w_path}: not a readable .npz weights file ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # zip, header and object-array (pickle) errors of a damaged file
+            raise ModelError(f"{w_path}: not a readable .npz weights file ({type(exc).__name__}: "
+                             f"{_first_line(exc)})") from None
         own = net.state_dict()
         missing = [k for k in own if k not in arrays]
         unexpected = [k for k in arrays if k not in own]
@@ -228,9 +233,36 @@ class SubtypeModel:
             if wrong:
                 parts.append(f"{len(wrong)} of wrong shape ({'; '.join(wrong[:3])})")
             raise ModelError(f"{w_path}: does not match architecture {config['arch']!r}: " + ", ".join(parts))
-        net.load_state_dict({k: torch.from_numpy(arrays[k]).to(own[k].dtype) for k in own})
+        bad = [k for k in own if not (np.issubdtype(arrays[k].dtype, np.number) or arrays[k].dtype == np.bool_)
+               or (np.issubdtype(arrays[k].dtype, np.floating) and not np.all(np.isfinite(arrays[k])))]
+        if bad:  # NaN weights would give NaN probabilities, and every slide the first subtype
+            raise ModelError(f"{w_path}: tensor {bad[0]} is not numbers or has NaN or infinite values")
+        try:
+            net.load_state_dict({k: torch.from_numpy(arrays[k]).to(own[k].dtype) for k in own})
+        except Exception as exc:  # e.g. a dtype torch cannot convert
+            raise ModelError(f"{w_path}: cannot load the weights ({type(exc).__name__}: {_first_line(exc)})") from None
         dev = torch.device(device) if device is not None else default_device()
         return cls(net, config, dev)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def _check_config(config: dict) -> None:
+    """FieldError naming the first config.json field a subtype model cannot run with."""
+    need_str(need_key(config, "arch", ""), "arch", ARCHITECTURES)
+    if not need_strs(need_key(config, "classes", ""), "classes", unique=True):
+        raise FieldError("field 'classes' is empty")
+    need_int(need_key(config, "input_size", ""), "input_size", lo=1)
+    need_int(need_key(config, "tile_size", ""), "tile_size", lo=1)
+    need_number(need_key(config, "magnification", ""), "magnification", positive=True)
+    norm = need_dict(need_key(config, "normalisation", ""), "normalisation")
+    for key in ("mean", "std"):
+        values = need_list(need_key(norm, key, "normalisation"), f"normalisation.{key}", length=3)
+        for i, v in enumerate(values):
+            need_number(v, f"normalisation.{key}[{i}]", positive=key == "std")
 
 
 def predict_slide_subtype(slide: Any, model: SubtypeModel, tiles_df: Any = None, config: Any = None,
