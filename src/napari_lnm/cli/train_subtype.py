@@ -50,6 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("slide", help="slide file")
     q.add_argument("--model", required=True, help="subtype model folder written by train-subtype")
     q.add_argument("--mpp", type=float, default=None, help="µm/px of the slide when its metadata lacks it")
+    q.add_argument("--force-mpp", action="store_true",
+                   help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
     q.add_argument("--max-tiles", type=int, default=None, help="draw at most N tiles at random (seeded)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
@@ -125,7 +127,7 @@ def run_predict(args: argparse.Namespace) -> int:
                               tile_size=int(model.config["tile_size"]), max_tiles=args.max_tiles, seed=args.seed)
     bar = _Bar(args.quiet)
     try:
-        with io.open_slide(args.slide, mpp=args.mpp) as slide:
+        with io.open_slide(args.slide, mpp=io.mpp_option(args.mpp, args.force_mpp)) as slide:
             tiles = tiling.tile_slide(slide, config=cfg)
             v = predict_slide_subtype(slide, model, tiles, cfg, progress=bar)
     finally:
