@@ -108,7 +108,7 @@ def test_train_errors_leave_model_dir_untouched(tmp_path, capsys, problem):
     cohort.to_csv(csv, index=False)
     out = tmp_path / "model"
     out.mkdir()
-    (out / "keep.txt").write_text("old model")
+    (out / "bundle.json").write_text("old model")  # an earlier model: the only folder train may replace
     rc = main(["train", str(feats), "--cohort", str(csv), "--out", str(out), "--cv", "3"])
     err = capsys.readouterr().err
     assert rc == 1
@@ -118,8 +118,8 @@ def test_train_errors_leave_model_dir_untouched(tmp_path, capsys, problem):
     assert expected in err
     if problem == "missing_parquet":
         assert str(feats / f"{cohort.slide_id[3]}.parquet") in err
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert (out / "keep.txt").read_text() == "old model"
+    assert [p.name for p in out.iterdir()] == ["bundle.json"]
+    assert (out / "bundle.json").read_text() == "old model"
 
 
 def test_evaluate_rejects_other_schema_bundle(tmp_path, capsys):

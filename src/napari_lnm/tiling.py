@@ -13,7 +13,7 @@ from napari_lnm.nuclei import FOREGROUNDS as SEGMENTATIONS
 from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
 
 __all__ = ["TilingConfig", "tile_slide", "read_tile", "tile_size_level0", "ALLOWED_TILE_SIZES",
-           "ALLOWED_MAGNIFICATIONS", "check_resolution", "TILE_COLUMNS"]
+           "ALLOWED_MAGNIFICATIONS", "TILE_COLUMNS"]
 
 ALLOWED_TILE_SIZES = (224, 256, 299, 512, 1024)
 ALLOWED_MAGNIFICATIONS = (5.0, 10.0, 20.0, 40.0)
@@ -73,46 +73,18 @@ def tile_size_level0(slide, config: TilingConfig) -> int:
     return max(1, int(round(config.tile_size * config.mpp / slide.mpp)))
 
 
-#: most a slide may be upsampled to reach the working µm/px; beyond it the tiles are interpolation, not tissue
-MAX_UPSAMPLING = 2.0
-
-
-def check_resolution(slide, config: TilingConfig) -> None:
-    """Raise SlideError when the working µm/px would upsample the slide more than 2x (slide µm/px > 2 × config.mpp)."""
-    slide_mpp, work_mpp = float(slide.mpp), float(config.mpp)
-    if slide_mpp <= MAX_UPSAMPLING * work_mpp * (1.0 + 1e-6):
-        return
-    from napari_lnm.errors import SlideError
-
-    fine_enough = [m for m in ALLOWED_MAGNIFICATIONS if slide_mpp <= MAX_UPSAMPLING * 10.0 / m * (1.0 + 1e-6)]
-    if fine_enough:
-        what = f"use magnification {max(fine_enough):g}x or lower"
-    else:  # coarser than 4 µm/px: an overview or thumbnail, not a scan the features were made for
-        what = (f"no magnification from {min(ALLOWED_MAGNIFICATIONS):g}x to {max(ALLOWED_MAGNIFICATIONS):g}x "
-                "fits such a coarse image")
-    given = getattr(slide, "mpp_source", "metadata") == "user"
-    source = "given with --mpp" if given else "from the file's metadata"
-    raise SlideError(getattr(slide, "path", "slide"),
-                     f"the slide is {slide_mpp:.4g} µm/px ({source}) but {config.magnification:g}x works at "
-                     f"{work_mpp:g} µm/px: tiles would be upsampled {slide_mpp / work_mpp:.1f}x (at most "
-                     f"{MAX_UPSAMPLING:g}x), inventing detail the scan does not have; {what}, or check the "
-                     f"slide's µm/px (--mpp is used when the metadata lacks it, --force-mpp overrides the metadata)")
-
-
 def _empty_table() -> pd.DataFrame:
     return pd.DataFrame({"x": pd.Series([], dtype=np.int64), "y": pd.Series([], dtype=np.int64),
                          "size": pd.Series([], dtype=np.int64),
                          "tissue_fraction": pd.Series([], dtype=np.float32)})
 
 
-def tile_slide(slide, rois: Union[None, str, Sequence[np.ndarray], object] = None,
-               config: TilingConfig = TilingConfig(), tissue: Union[bool, "object"] = True, *,
-               progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None) -> pd.DataFrame:
+def tile_slide(slide, rois: Optional[Sequence[np.ndarray]] = None, config: TilingConfig = TilingConfig(),
+               tissue: Union[bool, "object"] = True, *, progress: Optional[ProgressFn] = None,
+               should_stop: Optional[StopFn] = None) -> pd.DataFrame:
     """Tile table (x, y, size level-0 px; tissue_fraction 0..1) of tiles inside ROI ∩ tissue, sorted by (y, x).
 
-    ``rois``: what :func:`napari_lnm.tissue.load_rois` takes (None = whole slide; a MultiPolygon's holes are
-    left out; an empty list selects nothing); an ROI entirely outside the slide is a SlideError, as is a
-    working µm/px that upsamples the slide more than 2x (:func:`check_resolution`).  ``tissue``: True to
+    ``rois``: (x, y) level-0 polygons (None = whole slide; an empty list selects nothing).  ``tissue``: True to
     detect tissue automatically (:func:`napari_lnm.tissue.tissue_mask`), False to treat
     everything inside the ROI as tissue, or a precomputed :class:`TissueMask`.
     The grid is anchored at the slide origin with stride ``size * (1 - overlap)``;
@@ -120,14 +92,8 @@ def tile_slide(slide, rois: Union[None, str, Sequence[np.ndarray], object] = Non
     of the region mask over the tile (integral image).  With ``config.max_tiles`` a
     random subset is drawn with ``config.seed``.  Empty table when nothing qualifies.
     """
-    import os
+    from napari_lnm.tissue import TissueMask, polygons_mask, tissue_mask
 
-    from napari_lnm.tissue import TissueMask, check_rois_inside, load_rois, polygons_mask, tissue_mask
-
-    check_resolution(slide, config)
-    roi_source = rois if isinstance(rois, (str, os.PathLike)) else None
-    rois = load_rois(rois, getattr(slide, "path", None))
-    check_rois_inside(rois, slide, roi_source)  # before the tissue mask: a wrong ROI fails fast
     report(progress, 0, 3, "tissue mask")
     check_stop(should_stop)
     W, H = slide.dimensions
@@ -146,6 +112,7 @@ def tile_slide(slide, rois: Union[None, str, Sequence[np.ndarray], object] = Non
         region = tm.mask.copy()
     ds = float(tm.downsample)
     if rois is not None:
+        rois = list(rois)
         region &= polygons_mask(rois, region.shape, ds)
     report(progress, 1, 3, "tile grid")
     check_stop(should_stop)

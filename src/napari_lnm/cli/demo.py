@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from importlib import resources
 from pathlib import Path
@@ -72,9 +71,11 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
     import pandas as pd
 
     from napari_lnm._atomic import write_text_atomic
-    from napari_lnm.cli.predict import TqdmProgress, print_prediction
-    from napari_lnm.extract import extract_cohort, read_cohort
+    from napari_lnm.cli.predict import print_prediction
+    from napari_lnm.extract import ERRORS_FILE, extract_cohort, read_cohort
     from napari_lnm.model import ModelBundle, TrainConfig, cross_validate, load_feature_tables, train_model
+    from napari_lnm.outdir import DEMO, FEATURES, check_out_dir, mark_out_dir
+    from napari_lnm.progress import ProgressReporter
     from napari_lnm.pipeline import Prediction, predict_slide, tiling_config_for
     from napari_lnm.synth import make_cohort
     from napari_lnm.tiling import TilingConfig
@@ -85,8 +86,9 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
         raise UserError(f"--tiles must be at least 1, got {train_tiles}")
     if cv < 2:
         raise UserError(f"--cv must be at least 2 folds, got {cv}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(out, DEMO)
+    feat_dir = check_out_dir(out / "features", FEATURES)
+    mark_out_dir(out, DEMO)
     summary: dict = {"out": str(out)}
     t_all = time.perf_counter()
 
@@ -98,9 +100,10 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
     if _cohort_ok(csv, cohort_stamp):
         _done(t0, "reused")
     else:
-        # features of an earlier, different cohort would be taken as done: start them afresh
-        shutil.rmtree(out / "features", ignore_errors=True)
-        bar = TqdmProgress("slides", disable=quiet, unit="slide")
+        # features of an earlier, different cohort would be taken as done: remove them (only them)
+        for stale in [*feat_dir.glob("*.parquet"), feat_dir / ERRORS_FILE]:
+            stale.unlink(missing_ok=True)
+        bar = ProgressReporter("synthetic cohort", disable=quiet, unit="slide")
         try:
             make_cohort(cohort_dir, n_slides, seed=seed, size=(slide_px, slide_px), progress=bar)
         finally:
@@ -111,10 +114,9 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
 
     # 2. features ---------------------------------------------------------------------------
     config = TilingConfig(magnification=20.0, tile_size=DEMO_TILE_SIZE, max_tiles=train_tiles, seed=seed)
-    feat_dir = out / "features"
     t0 = _step(2, f"features: up to {train_tiles} tiles of {DEMO_TILE_SIZE} px per slide at 20x, "
                   f"{workers} worker(s) -> {feat_dir}")
-    bar = TqdmProgress("slides", disable=quiet, unit="slide")
+    bar = ProgressReporter("features", disable=quiet, unit="slide")
     try:
         extract_cohort(cohort, feat_dir, config, workers=workers, progress=bar)
     finally:
@@ -169,7 +171,7 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
             pred = None
     if pred is None:
         pcfg = tiling_config_for(bundle, max_tiles=predict_tiles, seed=seed)
-        bar = TqdmProgress("tiles", disable=quiet)
+        bar = ProgressReporter("sample slide", disable=quiet, unit="tile", log_units=False)
         try:
             pred = predict_slide(slide, bundle, config=pcfg, progress=bar)
         finally:

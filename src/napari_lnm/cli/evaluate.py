@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("features_dir", metavar="FEATURES_DIR", help="folder of <slide_id>.parquet feature tables")
     p.add_argument("--cohort", required=True, help="cohort CSV: slide_id,path,label[,subtype],...")
-    p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
+    p.add_argument("--out", default="evaluation",
+                   help="output folder: new, empty or an earlier evaluation (default ./evaluation)")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
@@ -71,11 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from napari_lnm.model import (ModelBundle, bootstrap_auc_ci, load_feature_tables, read_cohort_csv,
                                   save_roc_png)
 
-    from napari_lnm.cli.train import check_output_dir
     from napari_lnm.errors import CohortError, UserError
+    from napari_lnm.outdir import EVALUATION, MARKER, check_out_dir, marker_text
 
-    out = Path(args.out)
-    check_output_dir(out)
+    out = check_out_dir(args.out, EVALUATION)
     bundle = ModelBundle.load(args.model_dir)
     cohort = read_cohort_csv(args.cohort)
     tables, tiling = load_feature_tables(cohort, args.features_dir)
@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
                 save_roc_png(tmp / "roc.png", {f"external (AUC {auc:.2f})": (y, res["probability"].to_numpy())},
                              title=f"{Path(args.model_dir).name} on {Path(args.cohort).name}")
             (tmp / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+            (tmp / MARKER).write_text(marker_text(EVALUATION), encoding="utf-8")
     except OSError as exc:
         raise UserError(f"{out}: cannot write the evaluation ({exc.strerror or exc})") from None
     print(summary)

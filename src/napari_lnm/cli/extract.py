@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("slide", nargs="?", metavar="SLIDE", help="one slide file")
     src.add_argument("--cohort", metavar="CSV", help="cohort CSV: slide_id,path,label[,subtype][,patient_id]")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder for the Parquet files")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output folder for the Parquet files: new, empty or an earlier features folder")
     p.add_argument("--magnification", type=float, default=20.0, help="working magnification (5, 10, 20, 40; default 20)")
     p.add_argument("--tile-size", type=int, default=512, help="tile side in px at the working magnification (default 512)")
     p.add_argument("--max-tiles", type=int, default=None, help="draw at most N tiles per slide at random (default: all)")
@@ -32,8 +33,6 @@ def add_parser(subparsers) -> None:
                         "more accurate, ~3x slower segmentation) or 'cnn' (the shipped U-Net, needs PyTorch: the most "
                         "accurate, ~7x slower); a trained bundle remembers it and predict segments the same way")
     p.add_argument("--mpp", type=float, default=None, help="µm/px of the slide(s) when the metadata lacks it")
-    p.add_argument("--force-mpp", action="store_true",
-                   help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
     p.add_argument("--roi", metavar="GEOJSON", default=None, help="ROI polygons (QuPath GeoJSON), single slide only")
     p.add_argument("--slide-id", default=None, help="slide id of a single slide (default: file name stem)")
     run_on = p.add_mutually_exclusive_group()
@@ -43,56 +42,63 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the extraction with a tqdm progress bar (tiles for one slide, slides for a cohort)."""
+    """Run the extraction with a progress reporter (tiles for one slide, slides for a cohort)."""
     import pandas as pd
-    from tqdm import tqdm
 
     from napari_lnm.extract import extract_cohort, extract_slide, is_done, read_cohort
+    from napari_lnm.outdir import FEATURES, check_file_name, check_out_dir, mark_out_dir, unique_names
+    from napari_lnm.progress import ProgressReporter
     from napari_lnm.tiling import TilingConfig
 
-    from napari_lnm.io import mpp_option
-
-    mpp = mpp_option(args.mpp, args.force_mpp)
+    if args.mpp is not None and args.mpp <= 0:
+        raise UserError(f"--mpp must be positive (µm/px), got {args.mpp}")
     config = TilingConfig(magnification=args.magnification, tile_size=args.tile_size, overlap=args.overlap,
                           min_tissue=args.min_tissue, max_tiles=args.max_tiles, seed=args.seed,
                           segmentation=args.segmentation)
-    out = Path(args.out)
+    out = check_out_dir(args.out, FEATURES)
     if args.cohort:
         if args.roi or args.slide_id:
             raise UserError("--roi and --slide-id are for a single slide; give ROIs in the cohort's 'roi' column")
         cohort = read_cohort(args.cohort)
+        unique_names(cohort["slide_id"], args.cohort, name=str)  # S01 and s01: one file on macOS and Windows
         unit, desc = "slide", "extract"
     else:
         slide = Path(args.slide)
         if not slide.is_file():
             raise UserError(f"{slide}: slide file not found")
-        sid = args.slide_id or slide.stem
+        if _is_csv(slide):
+            raise UserError(f"{slide}: this is a CSV, not a slide; use --cohort {slide} to extract a cohort")
+        sid = check_file_name(args.slide_id, "--slide-id") if args.slide_id else slide.stem
         cohort = pd.DataFrame({"slide_id": [sid], "path": [str(slide.resolve())]})
         if args.roi:
             cohort["roi"] = [str(Path(args.roi).resolve())]
         unit, desc = ("tile" if args.workers == 1 and args.scheduler is None else "slide"), sid
-    with tqdm(unit=unit, desc=desc) as bar:
-
-        def progress(done: int, total: int, message: str) -> None:
-            if total:
-                bar.total = total
-            bar.n = done
-            bar.set_postfix_str(message[-40:])
-            bar.refresh()
-
+    mark_out_dir(out, FEATURES)
+    with ProgressReporter(desc, unit=unit, log_units=unit == "slide") as progress:
         single_inline = not args.cohort and args.workers == 1 and args.scheduler is None
         if single_inline:
             target = out / f"{cohort.slide_id[0]}.parquet"
             roi = cohort["roi"][0] if "roi" in cohort else None
-            if is_done(target, config, mpp, roi):
+            if is_done(target, config, args.mpp, roi):
                 print(f"{target}: already done with these settings")
                 return 0
-            df = extract_slide(cohort.path[0], target, config, mpp=mpp, slide_id=cohort.slide_id[0],
+            df = extract_slide(cohort.path[0], target, config, mpp=args.mpp, slide_id=cohort.slide_id[0],
                                rois=roi, progress=progress)
-            bar.close()
+            progress.close()
             print(f"{target}: {len(df)} tiles x {df.shape[1] - 5} features")
             return 0
         paths = extract_cohort(cohort, out, config, workers=args.workers, scheduler=args.scheduler,
-                               progress=progress, mpp=mpp)
+                               progress=progress, mpp=args.mpp)
     print(f"{len(paths)} slides in {out}")
     return 0
+
+
+def _is_csv(path: Path) -> bool:
+    """True for a cohort CSV given where a slide belongs (by its extension or its slide_id header)."""
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(9).lstrip(b"\xef\xbb\xbf").startswith(b"slide_id")
+    except OSError:
+        return False

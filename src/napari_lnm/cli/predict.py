@@ -3,52 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 from napari_lnm.errors import CohortError, UserError
+from napari_lnm.outdir import unique_names
 
 HELP = "predict the metastasis probability of slide(s) with a trained model, with key tiles"
-
-
-class TqdmProgress:
-    """A ``progress(done, total, message)`` callback drawing one tqdm bar per stage (to stderr)."""
-
-    def __init__(self, desc: str = "", disable: bool = False, unit: str = "tile"):
-        self.desc = desc
-        self.disable = disable
-        self.unit = unit
-        self.bar = None
-        self._total = None
-
-    def __call__(self, done: int, total: int, message: str = "") -> None:
-        from tqdm import tqdm
-
-        if total <= 0:
-            return
-        if self.bar is None or total != self._total:
-            self.close()
-            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, disable=self.disable,
-                            dynamic_ncols=True, leave=False)
-            self._total = total
-        self.bar.n = done
-        if message:
-            self.bar.set_postfix_str(message[:40], refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        """Close the current bar."""
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-def _safe(name: str) -> str:
-    """A folder name from a slide id."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "slide"
 
 
 def _read_prediction_cohort(csv: Path):
@@ -100,6 +63,9 @@ def _jobs(args) -> list[dict]:
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
         raise UserError(f"two slides share the id {sorted(dup)[0]!r}; rename one or use a cohort CSV with unique slide_id")
+    names = unique_names(ids, str(args.cohort) if args.cohort else "the SLIDE arguments")
+    for j in jobs:
+        j["name"] = names[j["slide_id"]]
     return jobs
 
 
@@ -142,15 +108,39 @@ def _read_clinical(csv: Path, bundle: Any, jobs: list[dict]) -> dict:
     return out
 
 
-def _job_key(run_key: str, clinical) -> str:
-    """The run key, extended by the slide's clinical values when there are any (resume redoes changed values)."""
+def _file_identity(path: Path) -> list:
+    """The slide file's resolved path, size and mtime (ns): a changed or replaced file is another input."""
+    try:
+        st = path.stat()
+        return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    except OSError:
+        return [str(path), None, None]  # missing: prediction reports it
+
+
+def _file_hash(path: Path | None) -> str | None:
+    """SHA-256 of a small input file (the ROI GeoJSON), or None without one."""
+    import hashlib
+
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return f"unreadable:{path}"
+
+
+def _job_key(run_key: str, clinical, job: dict) -> str:
+    """The run key extended by what is the slide's own: its file, its ROI's content, its clinical values.
+
+    Resume redoes a slide whose CSV row now names another file, an edited ROI or other clinical values.
+    """
     import hashlib
     import json
 
-    if clinical is None:
-        return run_key
-    values = json.dumps({str(k): str(v) for k, v in clinical.iloc[0].items()}, sort_keys=True)
-    return hashlib.sha256((run_key + values).encode()).hexdigest()[:16]
+    own = {"slide": _file_identity(Path(job["path"])), "roi": _file_hash(job.get("roi"))}
+    if clinical is not None:
+        own["clinical"] = {str(k): str(v) for k, v in clinical.iloc[0].items()}
+    return hashlib.sha256((run_key + json.dumps(own, sort_keys=True)).encode()).hexdigest()[:16]
 
 
 def _summary_row(pred: Any, job: dict, out: Path) -> dict:
@@ -189,19 +179,21 @@ def run(args) -> int:
 
     from napari_lnm._atomic import atomic_path
     from napari_lnm.model import ClinicalWarning, ModelBundle
+    from napari_lnm.outdir import PREDICTION, check_out_dir, mark_out_dir
     from napari_lnm.pipeline import Prediction, default_workers, predict_slide, tiling_config_for
+    from napari_lnm.progress import ProgressReporter
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.key_tiles < 0:
         raise UserError(f"--key-tiles must be 0 or more, got {args.key_tiles}")
-    from napari_lnm.io import mpp_option
-
-    mpp = mpp_option(args.mpp, args.force_mpp)
+    if args.mpp is not None and not args.mpp > 0:
+        raise UserError(f"--mpp must be a positive number of µm per pixel, got {args.mpp}")
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     jobs = _jobs(args)
+    out_root = check_out_dir(args.out, PREDICTION)
     bundle = ModelBundle.load(args.model)
     config = tiling_config_for(bundle, max_tiles=args.max_tiles, seed=args.seed, min_tissue=args.min_tissue)
     subtype_model = None
@@ -209,7 +201,6 @@ def run(args) -> int:
         from napari_lnm.subtype import SubtypeModel
 
         subtype_model = SubtypeModel.load(args.subtype_model)
-    out_root = Path(args.out)
     batch = len(jobs) > 1 or bool(args.cohort)
     clinical = _read_clinical(Path(args.clinical), bundle, jobs) if args.clinical else {}
     if getattr(bundle, "clinical", None) is not None and not args.clinical:
@@ -217,12 +208,15 @@ def run(args) -> int:
               f"({', '.join(bundle.clinical.columns)}) but no --clinical CSV was given; predict uses the image "
               "only and treats them as missing", file=sys.stderr)
     run_key = _run_key(args, config)
+    mark_out_dir(out_root, PREDICTION)
     rows, failed = [], []
+    slides = ProgressReporter("predict", unit="slide", disable=args.quiet or not batch, bar=False)
+    slides(0, len(jobs), "starting")  # the count starts at 0: the first finished slide has an ETA
     for k, job in enumerate(jobs):
-        out = out_root / _safe(job["slide_id"]) if batch else out_root
+        out = out_root / job["name"] if batch else out_root
         done = out / "result.json"
         clin = clinical.get(job["slide_id"])
-        job_key = _job_key(run_key, clin)
+        job_key = _job_key(run_key, clin, job)
         if batch and done.is_file() and not args.force:
             try:
                 pred = Prediction.load(out)
@@ -230,17 +224,18 @@ def run(args) -> int:
                     print(f"[{k + 1}/{len(jobs)}] {job['slide_id']}: already done (P = {pred.probability:.3f}), "
                           "skipped")
                     rows.append(_summary_row(pred, job, out))
+                    slides.skip(k + 1, len(jobs), f"{job['slide_id']} already done")
                     continue
                 print(f"[{k + 1}/{len(jobs)}] {job['slide_id']}: earlier result used another model or settings, "
                       "redoing it")
             except UserError:
                 pass  # damaged result: redo it
-        bar = TqdmProgress(desc=f"[{k + 1}/{len(jobs)}] {job['slide_id']}" if batch else job["slide_id"],
-                           disable=args.quiet)
+        bar = ProgressReporter(f"[{k + 1}/{len(jobs)}] {job['slide_id']}" if batch else job["slide_id"],
+                               unit="tile", disable=args.quiet, log_units=False)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ClinicalWarning)
-                pred = predict_slide(job["path"], bundle, rois=job["roi"], config=config, mpp=mpp,
+                pred = predict_slide(job["path"], bundle, rois=job["roi"], config=config, mpp=args.mpp,
                                      subtype_model=subtype_model, top_k=args.top_k, n_key_tiles=args.key_tiles,
                                      slide_id=job["slide_id"], progress=bar, workers=workers, clinical=clin)
             for w in caught:
@@ -254,6 +249,7 @@ def run(args) -> int:
                 raise
             print(f"[{k + 1}/{len(jobs)}] {job['slide_id']}: error: {exc}", file=sys.stderr)
             failed.append(job["slide_id"])
+            slides(k + 1, len(jobs), f"{job['slide_id']} failed")
             continue
         finally:
             bar.close()
@@ -262,6 +258,7 @@ def run(args) -> int:
         pred.save(out)
         print_prediction(pred, out)
         rows.append(_summary_row(pred, job, out))
+        slides(k + 1, len(jobs), f"{job['slide_id']} done, {pred.n_tiles} tiles")
     if batch:
         summary = out_root / "summary.csv"
         with atomic_path(summary) as tmp:
@@ -284,7 +281,7 @@ def _run_key(args, config) -> str:
                     h.update(f.relative_to(folder).as_posix().encode())
                     h.update(f.read_bytes())
     opts = {"tiling": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else str(config),
-            "mpp": [args.mpp, "forced"] if args.force_mpp else args.mpp, "top_k": args.top_k, "key_tiles": args.key_tiles}
+            "mpp": args.mpp, "top_k": args.top_k, "key_tiles": args.key_tiles}
     h.update(json.dumps(opts, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -305,8 +302,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model bundle from napari-lnm train")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder")
     p.add_argument("--mpp", type=float, default=None, help="µm per pixel, for slides without that metadata")
-    p.add_argument("--force-mpp", action="store_true",
-                   help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
     p.add_argument("--max-tiles", type=int, default=None, metavar="N",
                    help="analyse N tiles drawn at random (default: every tile)")
     p.add_argument("--seed", type=int, default=0, help="seed for --max-tiles sampling (default 0)")

@@ -35,19 +35,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate the cohort with a progress bar; print the CSV path."""
-    from tqdm import tqdm
-
+    """Generate the cohort with a progress reporter; print the CSV path."""
+    from napari_lnm.progress import ProgressReporter
     from napari_lnm.synth import make_cohort
 
     size = parse_size(args.size)
-    with tqdm(total=args.n_slides, unit="slide", desc="synth") as bar:
-
-        def progress(done: int, total: int, message: str) -> None:
-            bar.n = done
-            bar.set_postfix_str(message)
-            bar.refresh()
-
+    with ProgressReporter("synth", unit="slide") as progress:
         csv = make_cohort(args.out_dir, args.n_slides, seed=args.seed, size=size,
                           positive_fraction=args.positive_fraction,
                           slides_per_patient=args.slides_per_patient, progress=progress)

@@ -11,15 +11,6 @@ import numpy as np
 from napari_lnm.errors import UserError
 
 
-def check_output_dir(out: Path, option: str = "--out") -> None:
-    """Raise UserError early if the output folder cannot be created (it or a parent is a file)."""
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise UserError(f"{out}: cannot write here ({p} is a file, not a folder); choose another {option}")
-            return
-
-
 def add_parser(subparsers) -> None:
     """Register the ``train`` subcommand."""
     p = subparsers.add_parser(
@@ -30,7 +21,8 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("features_dir", metavar="FEATURES_DIR", help="folder of <slide_id>.parquet feature tables")
     p.add_argument("--cohort", required=True, help="cohort CSV: slide_id,path,label[,subtype][,patient_id],...")
-    p.add_argument("--out", required=True, help="model folder to write (replaced only on success)")
+    p.add_argument("--out", required=True, help="model folder to write: new, empty or an earlier model (replaced "
+                                                "only on success)")
     p.add_argument("--fusion", default="histogram", choices=["histogram", "mean", "max", "pnorm", "quantile",
                                                              "kmeans"])
     p.add_argument("--bins", type=int, default=5, help="histogram bins (k for k-means fusion); default 5")
@@ -57,15 +49,14 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
-    from tqdm import tqdm
-
     from napari_lnm.errors import CohortError
     from napari_lnm.fusion import make_fusion
     from napari_lnm.model import (TrainConfig, check_duplicate_slides, cross_validate, load_feature_tables,
                                   read_cohort_csv, train_model)
+    from napari_lnm.outdir import MODEL, check_out_dir
+    from napari_lnm.progress import ProgressReporter
 
-    out = Path(args.out)
-    check_output_dir(out)
+    out = check_out_dir(args.out, MODEL)
     if not 0.0 < args.alpha <= 1.0:
         raise UserError(f"--alpha must be in (0, 1], got {args.alpha}")
     if args.top_q is not None and args.top_q < 1:
@@ -97,11 +88,10 @@ def run(args: argparse.Namespace) -> int:
     slide_ids = cohort["slide_id"].astype(str).tolist()
 
     t0 = time.perf_counter()
-    with tqdm(total=args.cv, desc="nested CV", unit="fold", leave=False) as bar:
-        def progress(done, total, message):
-            bar.n = done
-            bar.set_postfix_str(message)
-            bar.refresh()
+    with ProgressReporter("nested CV", unit="fold") as bar:
+        def progress(done: int, total: int, message: str) -> None:
+            # cross_validate announces the fold it starts; a log line reports the one just finished
+            bar(done, total, f"fold {done} done" if done else message)
 
         report = cross_validate(tables, labels, groups, config, clinical=clinical, subtypes=subtypes,
                                 slide_ids=slide_ids, progress=progress)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -50,8 +49,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("slide", help="slide file")
     q.add_argument("--model", required=True, help="subtype model folder written by train-subtype")
     q.add_argument("--mpp", type=float, default=None, help="µm/px of the slide when its metadata lacks it")
-    q.add_argument("--force-mpp", action="store_true",
-                   help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
     q.add_argument("--max-tiles", type=int, default=None, help="draw at most N tiles at random (seeded)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
@@ -61,37 +58,50 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run_predict)
 
 
-class _Bar:
-    """A tqdm bar driven by ``progress(done, total, message)`` callbacks (re-created when the total changes)."""
+def _epoch_progress(bar, epochs: int):
+    """Forward train_subtype's progress: every step to a terminal bar, one log line per slide and per epoch."""
 
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar = None
-        self.total = None
+    def progress(done: int, total: int, message: str) -> None:
+        if bar.tty or total <= 0 or not message.startswith("subtype: epoch"):
+            bar(done, total, message)
+        else:
+            bar(done * epochs // total, epochs, message)
 
-    def __call__(self, done: int, total: int, message: str) -> None:
-        if self.quiet:
-            return
-        from tqdm import tqdm
+    return progress
 
-        if self.bar is None or total != self.total:
-            self.close()
-            self.bar = tqdm(total=total or None, file=sys.stderr, leave=False)
-            self.total = total
-        self.bar.set_description(message[:60], refresh=False)
-        self.bar.n = done
-        self.bar.refresh()
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+def _check_slide_ids(cohort_csv: str) -> None:
+    """UserError naming the CSV when a slide id cannot name a tile-stack file or two ids name the same file."""
+    import pandas as pd
+
+    from napari_lnm.errors import CohortError, UserError
+    from napari_lnm.outdir import check_file_name, unique_names
+
+    try:
+        df = pd.read_csv(cohort_csv, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return  # train_subtype reports an unreadable cohort naming the file
+    df.columns = [str(c).strip() for c in df.columns]
+    if "slide_id" not in df.columns:
+        return  # train_subtype names the missing column
+    ids = [s.strip() for s in df["slide_id"] if s.strip()]
+    try:
+        for sid in ids:
+            check_file_name(sid, "slide_id")
+    except UserError as exc:
+        raise CohortError(f"{cohort_csv}: {exc}") from None
+    unique_names(ids, cohort_csv, name=lambda sid: sid)  # <slide_id>.npy / .parquet: case-insensitive disks
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, save the bundle and print the validation report."""
     from napari_lnm.errors import UserError
+    from napari_lnm.outdir import SUBTYPE_MODEL, check_out_dir
+    from napari_lnm.progress import ProgressReporter
     from napari_lnm.subtype import train_subtype
+
+    out = check_out_dir(args.out, SUBTYPE_MODEL)
+    _check_slide_ids(args.cohort)  # the ids name the --cache and source files
 
     tiling_config = None
     if args.magnification is not None or args.tile_size is not None or args.source is None:
@@ -101,18 +111,18 @@ def run_train(args: argparse.Namespace) -> int:
                                      min_tissue=args.min_tissue, seed=args.seed)
     if args.source is not None and not Path(args.source).is_dir():
         raise UserError(f"{args.source}: not a folder of feature tables or tile stacks")
-    bar = _Bar(args.quiet)
+    bar = ProgressReporter("train-subtype", unit="step", disable=args.quiet)
     try:
-        res = train_subtype(args.source, args.cohort, args.out, arch=args.arch, epochs=args.epochs,
+        res = train_subtype(args.source, args.cohort, out, arch=args.arch, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_fraction=args.val_fraction,
                             max_tiles_per_slide=args.max_tiles_per_slide, input_size=args.input_size,
                             weights=args.weights, tiling_config=tiling_config, cache_dir=args.cache,
-                            augment=not args.no_augment, progress=bar)
+                            augment=not args.no_augment, progress=_epoch_progress(bar, args.epochs))
     finally:
         bar.close()
     print(res.format_report())
     print(f"initial weights: {res.model.config.get('initial_weights')}")
-    print(f"model written to {args.out}")
+    print(f"model written to {out}")
     return 0
 
 
@@ -125,9 +135,9 @@ def run_predict(args: argparse.Namespace) -> int:
     model = SubtypeModel.load(args.model)
     cfg = tiling.TilingConfig(magnification=float(model.config["magnification"]),
                               tile_size=int(model.config["tile_size"]), max_tiles=args.max_tiles, seed=args.seed)
-    bar = _Bar(args.quiet)
+    bar = ProgressReporter(Path(args.slide).stem, unit="tile", disable=args.quiet, log_units=False)
     try:
-        with io.open_slide(args.slide, mpp=io.mpp_option(args.mpp, args.force_mpp)) as slide:
+        with io.open_slide(args.slide, mpp=args.mpp) as slide:
             tiles = tiling.tile_slide(slide, config=cfg)
             v = predict_slide_subtype(slide, model, tiles, cfg, progress=bar)
     finally:
