@@ -94,8 +94,8 @@ def test_thumbnail(sample_svs):
         assert ds == pytest.approx(2220 / rgb.shape[1])
 
 
-def test_user_mpp_overrides_metadata(sample_svs):
-    with open_slide(sample_svs, mpp=0.25) as s:
+def test_user_mpp_overrides_metadata_only_when_forced(sample_svs):
+    with open_slide(sample_svs, mpp=0.25, force_mpp=True) as s:
         assert s.mpp == 0.25 and s.mpp_source == "user"
     with pytest.raises(SlideError, match="positive"):
         open_slide(sample_svs, mpp=-1)

@@ -10,7 +10,8 @@ from PIL import Image
 from napari_lnm.errors import UserError
 from napari_lnm.io import open_slide
 from napari_lnm.progress import Cancelled
-from napari_lnm.tiling import TILE_COLUMNS, TilingConfig, read_tile, tile_size_level0, tile_slide
+from napari_lnm.engine import META_COLUMNS
+from napari_lnm.tiling import TilingConfig, read_tile, tile_size_level0, tile_slide
 from napari_lnm.tissue import TissueMask
 
 
@@ -56,7 +57,7 @@ def test_config_mpp():
 
 def test_tile_svs_default(svs):
     df = tile_slide(svs)
-    assert list(df.columns) == TILE_COLUMNS
+    assert list(df.columns) == list(META_COLUMNS[1:])
     assert len(df) > 0
     assert tile_size_level0(svs, TilingConfig()) == 513  # round(512 * 0.5 / 0.499)
     assert (df["size"] == 513).all()
@@ -136,11 +137,10 @@ def test_synthetic_pyramid_tissue_and_roi(he_pyramid):
         assert np.array_equal(t, levels[2][128:384, 256:512])
 
 
-def test_roi_outside_slide_gives_empty_table(svs):
+def test_roi_outside_slide_is_an_error_with_the_extent(svs):
     roi = np.array([[10_000, 10_000], [12_000, 10_000], [12_000, 12_000]], float)
-    df = tile_slide(svs, rois=[roi])
-    assert list(df.columns) == TILE_COLUMNS and len(df) == 0
-    assert df["x"].dtype == np.int64
+    with pytest.raises(UserError, match=r"outside the slide.*x 0\.\.2220, y 0\.\.2967 level-0 px"):
+        tile_slide(svs, rois=[roi])
 
 
 def test_small_and_blank_images_give_empty_tables(tmp_path):
@@ -154,7 +154,7 @@ def test_small_and_blank_images_give_empty_tables(tmp_path):
     Image.fromarray(np.full((3000, 3000, 3), 246, np.uint8)).save(tmp_path / "blank.png")
     with open_slide(tmp_path / "blank.png", mpp=0.5) as s:
         df = tile_slide(s)
-        assert len(df) == 0 and list(df.columns) == TILE_COLUMNS
+        assert len(df) == 0 and list(df.columns) == list(META_COLUMNS[1:])
         assert len(tile_slide(s, tissue=False)) == 25  # without tissue detection: the full 5x5 grid
 
 

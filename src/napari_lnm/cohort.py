@@ -11,6 +11,7 @@ import csv
 import math
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -70,15 +71,18 @@ def _resolve(value: str, csv_path: Path) -> Path:
     return p if p.is_absolute() else csv_path.parent / p
 
 
-def read_cohort(csv_path: str | os.PathLike, check_files: bool = True, require_label: bool = True) -> pd.DataFrame:
+def read_cohort(csv_path: str | os.PathLike, check_files: bool = True,
+                required: Sequence[str] = REQUIRED_COLUMNS) -> pd.DataFrame:
     """Read and validate a cohort CSV (slide_id, path, label[, subtype][, patient_id][, roi]; extra columns kept).
 
-    ``label`` must be 0/1 (with ``require_label=False`` it may be absent or blank, e.g. for prediction
-    or subtype training; blank labels are -1); ``check_files``: the slide and ROI files must exist.
+    ``required``: the columns that must be there (prediction needs no ``label``, subtype training
+    from a tile cache no ``path``); ``label`` must be 0/1, and may be blank (stored as -1) when it is
+    not required; ``check_files``: the slide and ROI files must exist.
     """
     csv_path = Path(csv_path)
     df = read_csv_strings(csv_path, "(needs columns slide_id,path,label)")
-    needed = REQUIRED_COLUMNS if require_label else ("slide_id", "path")
+    needed = ["slide_id", *[c for c in required if c != "slide_id"]]
+    require_label = "label" in needed
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise CohortError(f"{csv_path}: missing column{'s' if len(missing) > 1 else ''} "
@@ -87,7 +91,7 @@ def read_cohort(csv_path: str | os.PathLike, check_files: bool = True, require_l
         raise CohortError(f"{csv_path}: cohort CSV has a header but no slides")
     for c in df.columns:
         df[c] = df[c].str.strip()
-    has_label = "label" in df.columns
+    has_label, has_path = "label" in df.columns, "path" in df.columns
     labels, paths, seen = [], [], {}
     for i, row in enumerate(df.itertuples(index=False)):
         line = i + 2  # 1-based line number in the file, after the header
@@ -105,13 +109,19 @@ def read_cohort(csv_path: str | os.PathLike, check_files: bool = True, require_l
             if lab not in (0.0, 1.0):
                 raise CohortError(f"{where} ({sid}): label must be 0 or 1, got {raw!r}")
             labels.append(int(lab))
+        if not has_path:
+            continue
         if not row.path:
+            if "path" not in needed:
+                paths.append("")
+                continue
             raise CohortError(f"{where} ({sid}): empty path")
         p = _resolve(row.path, csv_path)
         if check_files and not p.is_file():
             raise CohortError(f"{where} ({sid}): slide file not found: {p}")
         paths.append(str(p.resolve() if p.exists() else p))
-    df["path"] = paths
+    if has_path:
+        df["path"] = paths
     df["label"] = np.asarray(labels, dtype=np.int64)
     if "roi" in df.columns:  # optional per-slide GeoJSON ROI, relative to the CSV like the slides
         rois = []

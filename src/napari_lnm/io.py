@@ -7,8 +7,9 @@ nature) are decoded into memory.
 
 Format detection order: OpenSlide vendor formats (SVS, NDPI, MRXS, SCN, ...),
 then any TIFF via tifffile (generic/pyramidal TIFF, SubIFD pyramids, OME-TIFF),
-then PNG/JPEG/other images via Pillow.  A user-given ``mpp`` overrides the
-metadata; when neither exists :func:`open_slide` raises :class:`SlideError`.
+then PNG/JPEG/other images via Pillow.  A user-given ``mpp`` is used when the
+metadata has none (it overrides the metadata only with ``force_mpp=True`` or as
+:func:`forced_mpp`); when neither exists :func:`open_slide` raises :class:`SlideError`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import os
 import re
 import threading
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Optional
@@ -27,11 +29,41 @@ import numpy as np
 
 from napari_lnm.errors import SlideError, UserError
 
-__all__ = ["Slide", "MissingMppError", "open_slide", "resize_rgb", "to_rgb_uint8"]
+__all__ = ["Slide", "MissingMppError", "MppWarning", "ForcedMpp", "forced_mpp", "mpp_option", "open_slide",
+           "resize_rgb", "to_rgb_uint8"]
 
 
 class MissingMppError(SlideError):
     """The file has no pixel size (µm/px) in its metadata and none was given."""
+
+
+class MppWarning(UserWarning):
+    """A given µm/px disagrees with the file's metadata, which is used instead."""
+
+
+class ForcedMpp(float):
+    """A µm/px that overrides the file's metadata; a float, so it passes unchanged through ``mpp=`` arguments."""
+
+    def __repr__(self) -> str:
+        return f"forced_mpp({float(self)!r})"
+
+
+def forced_mpp(mpp: Optional[float]) -> Optional[float]:
+    """``mpp`` (µm/px) marked to override the slide's metadata when given to :func:`open_slide` (None stays None)."""
+    return None if mpp is None else ForcedMpp(mpp)
+
+
+def mpp_option(mpp: Optional[float], force: bool = False, flag: str = "--mpp") -> Optional[float]:
+    """The command line's ``--mpp`` (µm/px) as :func:`open_slide` takes it: checked positive, ForcedMpp with ``force``."""
+    if mpp is not None and _float(mpp) is None:
+        raise UserError(f"{flag} must be a positive number of µm per pixel, got {mpp}")
+    if force and mpp is None:
+        raise UserError(f"--force-mpp needs {flag}: the µm/px to use instead of the slide's metadata")
+    return forced_mpp(mpp) if force else mpp
+
+
+#: a given µm/px further than this (relative) from the metadata's earns a warning
+MPP_MISMATCH = 0.05
 
 #: plausible µm/px range for microscope images; resolution tags outside it (72 dpi...) are ignored
 MPP_RANGE = (0.01, 50.0)
@@ -580,12 +612,18 @@ def _float(v) -> Optional[float]:
 
 
 def _resolve_mpp(path: Path, given: Optional[float], meta: Optional[float]) -> tuple[float, str]:
-    """User-given µm/px wins over metadata; neither -> SlideError asking for mpp."""
+    """The file's metadata µm/px wins over a given one unless that is a :class:`ForcedMpp`; neither -> SlideError."""
     if given is not None:
         g = _float(given)
         if g is None:
             raise SlideError(path, f"µm/px must be a positive number, got {given!r}")
-        return g, "user"
+        if meta is None or isinstance(given, ForcedMpp):
+            return g, "user"
+        if abs(g - meta) > MPP_MISMATCH * meta:
+            # the scanner's calibration is more trustworthy than a cohort-wide --mpp meant for photos
+            warnings.warn(f"{path}: the file's metadata says {meta:.4g} µm/px, not the {g:g} given; using the "
+                          f"metadata (--force-mpp / force_mpp=True uses the given value)", MppWarning, stacklevel=4)
+        return float(meta), "metadata"
     if meta is not None:
         return float(meta), "metadata"
     raise MissingMppError(path, "no pixel size (µm/px) in the file's metadata; pass it with mpp=... "
@@ -610,9 +648,13 @@ def _is_tiff(path: Path) -> bool:
     return head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def open_slide(path: str | os.PathLike, mpp: Optional[float] = None) -> Slide:
-    """Open a slide or photo; ``mpp`` (µm/px at level 0) overrides metadata and is required when it has none."""
+def open_slide(path: str | os.PathLike, mpp: Optional[float] = None, force_mpp: bool = False) -> Slide:
+    """Open a slide or photo; ``mpp`` (µm/px at level 0) is used when the metadata has none, or always with force_mpp."""
     path = Path(path)
+    if force_mpp:
+        if mpp is None:
+            raise SlideError(path, "force_mpp needs a µm/px value (command line: --force-mpp with --mpp)")
+        mpp = ForcedMpp(mpp) if _float(mpp) is not None else mpp
     if not path.exists():
         raise SlideError(path, "file not found")
     if path.is_dir():

@@ -34,7 +34,10 @@ from napari_lnm import __version__
 from napari_lnm._atomic import atomic_dir
 from napari_lnm._fields import FieldError, fail, inside, need_dict, need_key, need_list, need_number, need_str, \
     need_strs
-from napari_lnm.classifiers import Classifier, load_classifier, make_classifier
+from napari_lnm import recipe as recipes
+from napari_lnm.calibration import Calibrator, brier_score, expected_calibration_error, operating_points, \
+    save_reliability_png, side_of
+from napari_lnm.classifiers import Classifier, inner_folds, load_classifier, make_classifier
 from napari_lnm.errors import CohortError, ModelError, UserError
 from napari_lnm.fusion import Fusion, feature_columns, fusion_from_dict, make_fusion, ordinal
 from napari_lnm.progress import check_stop, report
@@ -67,11 +70,18 @@ class TrainConfig:
     n_bootstrap: int = 2000
     nthread: int = 1
     tiling: dict | None = None  # magnification, tile_size, ... used to extract the features
+    recipe: str = recipes.FIXED  # "fixed": the fields above; "auto": best of the grid by inner CV; or a grid name
+    grid: tuple[str, ...] | None = None  # recipe names "auto" chooses among (None: all of recipe.GRID)
+    classifier_params: dict | None = None  # e.g. {"C": 0.1} for logreg, {"max_depth": 2} for xgboost
+    calibration: str = "none"  # "none", "auto" (Platt; isotonic from 300 slides), "platt", "isotonic"
+    inner_cv: int = 3  # inner folds for the recipe choice and the calibration
+    repeats: int = 1  # repeats of the outer CV (cross_validate)
 
     def to_dict(self) -> dict:
         """JSON-able form."""
         d = asdict(self)
         d["clinical"] = list(self.clinical)
+        d["grid"] = None if self.grid is None else list(self.grid)
         return d
 
     @classmethod
@@ -80,7 +90,24 @@ class TrainConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if "clinical" in known:
             known["clinical"] = tuple(known["clinical"])
+        if known.get("grid") is not None:
+            known["grid"] = tuple(known["grid"])
         return cls(**known)
+
+    def with_recipe(self, r: "recipes.Recipe") -> "TrainConfig":
+        """This config with recipe ``r``'s fusion, selection and classifier (and ``recipe`` set to its name)."""
+        return TrainConfig.from_dict({**self.to_dict(), **r.overrides(), "recipe": r.name})
+
+    def candidates(self) -> list[tuple[str, "TrainConfig"]]:
+        """(name, fixed config) of every recipe this config trains or chooses among."""
+        if self.recipe == recipes.FIXED:
+            return [(recipes.FIXED, self)]
+        if self.recipe == recipes.AUTO:
+            names = self.grid or recipes.NAMES
+            if recipes.GRID[0].name not in names:  # the method's own recipe is always a candidate
+                names = (recipes.GRID[0].name, *names)
+            return [(n, self.with_recipe(recipes.get(n))) for n in names]
+        return [(self.recipe, self.with_recipe(recipes.get(self.recipe)))]
 
 
 # --------------------------------------------------------------------------- clinical

@@ -34,7 +34,8 @@ __all__ = [
 #: Parquet key-value metadata key of the provenance record
 METADATA_KEY = b"napari_lnm"
 #: fields of the record that must match for a features file to count as done
-VALIDITY_KEYS = ("package_version", "tiling", "mpp_override", "feature_schema_hash", "rois_hash", "slide_file")
+VALIDITY_KEYS = ("package_version", "tiling", "mpp_override", "mpp_forced", "feature_schema_hash", "rois_hash",
+                 "slide_file")
 
 Rois = Union[None, str, os.PathLike, Sequence[np.ndarray], Any]
 
@@ -71,6 +72,13 @@ def slide_identity(path: str | os.PathLike) -> dict:
     return {"path": str(p.resolve()), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
 
 
+def _forced(mpp: Optional[float]) -> bool:
+    """Whether a µm/px was given to override the slide's metadata (``io.forced_mpp``)."""
+    from napari_lnm.io import ForcedMpp
+
+    return isinstance(mpp, ForcedMpp)
+
+
 def extraction_provenance(config: TilingConfig, mpp_override: Optional[float], rois: Rois,
                           slide_path: str | os.PathLike) -> dict:
     """The :data:`VALIDITY_KEYS` record of one slide's extraction."""
@@ -78,6 +86,7 @@ def extraction_provenance(config: TilingConfig, mpp_override: Optional[float], r
         "package_version": __version__,
         "tiling": config.to_dict(),
         "mpp_override": None if mpp_override is None else float(mpp_override),
+        "mpp_forced": _forced(mpp_override),
         "feature_schema_hash": feature_schema_hash(),
         "rois_hash": rois_hash(rois),
         "slide_file": slide_identity(slide_path),
@@ -142,8 +151,8 @@ def is_done(parquet: str | os.PathLike, config: TilingConfig, mpp: Optional[floa
     if prov is None:
         return False
     want = {"package_version": __version__, "tiling": config.to_dict(),
-            "mpp_override": None if mpp is None else float(mpp), "feature_schema_hash": feature_schema_hash(),
-            "rois_hash": rois_hash(rois)}
+            "mpp_override": None if mpp is None else float(mpp), "mpp_forced": _forced(mpp),
+            "feature_schema_hash": feature_schema_hash(), "rois_hash": rois_hash(rois)}
     if slide_path is not None:
         try:
             want["slide_file"] = slide_identity(slide_path)

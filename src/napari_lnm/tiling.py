@@ -2,75 +2,48 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from napari_lnm.errors import UserError
-from napari_lnm.nuclei import FOREGROUNDS as SEGMENTATIONS
+from napari_lnm.config import ALLOWED_MAGNIFICATIONS, ALLOWED_TILE_SIZES, SEGMENTATIONS, TilingConfig
 from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
 
 __all__ = ["TilingConfig", "tile_slide", "read_tile", "tile_size_level0", "ALLOWED_TILE_SIZES",
-           "ALLOWED_MAGNIFICATIONS", "TILE_COLUMNS"]
-
-ALLOWED_TILE_SIZES = (224, 256, 299, 512, 1024)
-ALLOWED_MAGNIFICATIONS = (5.0, 10.0, 20.0, 40.0)
-TILE_COLUMNS = ["x", "y", "size", "tissue_fraction"]
-
-
-@dataclass(frozen=True)
-class TilingConfig:
-    """Tiling at ``magnification`` (µm/px = 10 / magnification), ``tile_size`` px side, ``overlap`` fraction 0..<1,
-    ``min_tissue`` fraction 0..1, optional ``max_tiles`` drawn at random with ``seed``; ``segmentation`` is the
-    nucleus foreground the tiles' features are computed with (``napari_lnm.nuclei.FOREGROUNDS``).
-
-    These are all the settings that decide a tile's features, so they travel together: into each
-    feature file's provenance (a change re-extracts), into a trained bundle, and from there into
-    prediction, which must segment as the training cohort was segmented."""
-
-    magnification: float = 20.0
-    tile_size: int = 512
-    overlap: float = 0.0
-    min_tissue: float = 0.5
-    max_tiles: Optional[int] = None
-    seed: int = 0
-    segmentation: str = "threshold"  # "threshold" (default, fast), "model" (pixel classifier) or "cnn" (U-Net)
-
-    def __post_init__(self) -> None:
-        if float(self.magnification) not in ALLOWED_MAGNIFICATIONS:
-            raise UserError(f"magnification must be one of 5, 10, 20, 40 (x), got {self.magnification}")
-        if int(self.tile_size) != self.tile_size or int(self.tile_size) not in ALLOWED_TILE_SIZES:
-            raise UserError(f"tile size must be one of {', '.join(map(str, ALLOWED_TILE_SIZES))} px, "
-                            f"got {self.tile_size}")
-        if not 0.0 <= float(self.overlap) < 1.0:
-            raise UserError(f"overlap must be a fraction in [0, 1), got {self.overlap}")
-        if not 0.0 <= float(self.min_tissue) <= 1.0:
-            raise UserError(f"minimum tissue fraction must be in [0, 1], got {self.min_tissue}")
-        if self.max_tiles is not None and (int(self.max_tiles) != self.max_tiles or int(self.max_tiles) < 1):
-            raise UserError(f"max tiles must be a positive integer, got {self.max_tiles}")
-        if self.segmentation not in SEGMENTATIONS:
-            raise UserError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}, got {self.segmentation!r}")
-        object.__setattr__(self, "magnification", float(self.magnification))
-        object.__setattr__(self, "tile_size", int(self.tile_size))
-        object.__setattr__(self, "overlap", float(self.overlap))
-        object.__setattr__(self, "min_tissue", float(self.min_tissue))
-        object.__setattr__(self, "seed", int(self.seed))
-
-    @property
-    def mpp(self) -> float:
-        """Working µm/px: 10 / magnification (20x = 0.5 µm/px)."""
-        return 10.0 / self.magnification
-
-    def to_dict(self) -> dict:
-        """Plain dict (JSON-serialisable)."""
-        return asdict(self)
+           "ALLOWED_MAGNIFICATIONS", "check_resolution", "SEGMENTATIONS"]
 
 
 def tile_size_level0(slide, config: TilingConfig) -> int:
     """Side of one tile in level-0 px: round(tile_size * config.mpp / slide.mpp)."""
     return max(1, int(round(config.tile_size * config.mpp / slide.mpp)))
+
+
+#: most a slide may be upsampled to reach the working µm/px; beyond it the tiles are interpolation, not tissue
+MAX_UPSAMPLING = 2.0
+
+
+def check_resolution(slide, config: TilingConfig) -> None:
+    """Raise SlideError when the working µm/px would upsample the slide more than 2x (slide µm/px > 2 × config.mpp)."""
+    slide_mpp, work_mpp = float(slide.mpp), float(config.mpp)
+    if slide_mpp <= MAX_UPSAMPLING * work_mpp * (1.0 + 1e-6):
+        return
+    from napari_lnm.errors import SlideError
+
+    fine_enough = [m for m in ALLOWED_MAGNIFICATIONS if slide_mpp <= MAX_UPSAMPLING * 10.0 / m * (1.0 + 1e-6)]
+    if fine_enough:
+        what = f"use magnification {max(fine_enough):g}x or lower"
+    else:  # coarser than 4 µm/px: an overview or thumbnail, not a scan the features were made for
+        what = (f"no magnification from {min(ALLOWED_MAGNIFICATIONS):g}x to {max(ALLOWED_MAGNIFICATIONS):g}x "
+                "fits such a coarse image")
+    given = getattr(slide, "mpp_source", "metadata") == "user"
+    source = "given with --mpp" if given else "from the file's metadata"
+    raise SlideError(getattr(slide, "path", "slide"),
+                     f"the slide is {slide_mpp:.4g} µm/px ({source}) but {config.magnification:g}x works at "
+                     f"{work_mpp:g} µm/px: tiles would be upsampled {slide_mpp / work_mpp:.1f}x (at most "
+                     f"{MAX_UPSAMPLING:g}x), inventing detail the scan does not have; {what}, or check the "
+                     f"slide's µm/px (--mpp is used when the metadata lacks it, --force-mpp overrides the metadata)")
 
 
 def _empty_table() -> pd.DataFrame:
@@ -79,12 +52,14 @@ def _empty_table() -> pd.DataFrame:
                          "tissue_fraction": pd.Series([], dtype=np.float32)})
 
 
-def tile_slide(slide, rois: Optional[Sequence[np.ndarray]] = None, config: TilingConfig = TilingConfig(),
-               tissue: Union[bool, "object"] = True, *, progress: Optional[ProgressFn] = None,
-               should_stop: Optional[StopFn] = None) -> pd.DataFrame:
+def tile_slide(slide, rois: Union[None, str, Sequence[np.ndarray], object] = None,
+               config: TilingConfig = TilingConfig(), tissue: Union[bool, "object"] = True, *,
+               progress: Optional[ProgressFn] = None, should_stop: Optional[StopFn] = None) -> pd.DataFrame:
     """Tile table (x, y, size level-0 px; tissue_fraction 0..1) of tiles inside ROI ∩ tissue, sorted by (y, x).
 
-    ``rois``: (x, y) level-0 polygons (None = whole slide; an empty list selects nothing).  ``tissue``: True to
+    ``rois``: what :func:`napari_lnm.tissue.load_rois` takes (None = whole slide; a MultiPolygon's holes are
+    left out; an empty list selects nothing); an ROI entirely outside the slide is a SlideError, as is a
+    working µm/px that upsamples the slide more than 2x (:func:`check_resolution`).  ``tissue``: True to
     detect tissue automatically (:func:`napari_lnm.tissue.tissue_mask`), False to treat
     everything inside the ROI as tissue, or a precomputed :class:`TissueMask`.
     The grid is anchored at the slide origin with stride ``size * (1 - overlap)``;
@@ -92,8 +67,14 @@ def tile_slide(slide, rois: Optional[Sequence[np.ndarray]] = None, config: Tilin
     of the region mask over the tile (integral image).  With ``config.max_tiles`` a
     random subset is drawn with ``config.seed``.  Empty table when nothing qualifies.
     """
-    from napari_lnm.tissue import TissueMask, polygons_mask, tissue_mask
+    import os
 
+    from napari_lnm.tissue import TissueMask, check_rois_inside, load_rois, polygons_mask, tissue_mask
+
+    check_resolution(slide, config)
+    roi_source = rois if isinstance(rois, (str, os.PathLike)) else None
+    rois = load_rois(rois, getattr(slide, "path", None))
+    check_rois_inside(rois, slide, roi_source)  # before the tissue mask: a wrong ROI fails fast
     report(progress, 0, 3, "tissue mask")
     check_stop(should_stop)
     W, H = slide.dimensions
@@ -112,7 +93,6 @@ def tile_slide(slide, rois: Optional[Sequence[np.ndarray]] = None, config: Tilin
         region = tm.mask.copy()
     ds = float(tm.downsample)
     if rois is not None:
-        rois = list(rois)
         region &= polygons_mask(rois, region.shape, ds)
     report(progress, 1, 3, "tile grid")
     check_stop(should_stop)

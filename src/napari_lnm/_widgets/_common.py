@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QApplication
 from napari_lnm.errors import UserError
 from napari_lnm.progress import Cancelled
 
-from napari_lnm.tissue import polygons_from_napari, polygons_to_napari
+from napari_lnm.tissue import ROI_COLOURS, ROI_INCLUDE, rois_from_napari, rois_to_napari
 
 from ._layers import world_to_level0
 
@@ -92,30 +92,53 @@ def slide_file_for(layer, tmpdir: Path) -> str:
     return str(out)
 
 
-def rois_from_shapes(shapes_layer, slide_layer) -> list[np.ndarray]:
-    """Polygons drawn on a Shapes layer as level-0 ``(x, y)`` px arrays of the slide layer."""
-    polys = []
-    for data, kind in zip(shapes_layer.data, shapes_layer.shape_type):
+def _roi_kinds(shapes_layer) -> list:
+    """Each shape's ``roi_kind`` feature ("include" / "exclude"); shapes without one are included."""
+    feats = getattr(shapes_layer, "features", None)
+    if feats is None or "roi_kind" not in feats:
+        return [ROI_INCLUDE] * len(shapes_layer.data)
+    return [k if isinstance(k, str) and k else ROI_INCLUDE for k in feats["roi_kind"]]
+
+
+def rois_from_shapes(shapes_layer, slide_layer):
+    """The ROI drawn on a Shapes layer as a level-0 ``(x, y)`` px MultiPolygon of the slide layer.
+
+    A shape whose ``roi_kind`` feature is "exclude" is a hole cut out of the shapes before it
+    (before any included shape: out of the whole slide).
+    """
+    rings, kinds = [], []
+    for data, kind, roi_kind in zip(shapes_layer.data, shapes_layer.shape_type, _roi_kinds(shapes_layer)):
         if kind in ("line", "path") or len(data) < 3:
             continue
         world = np.asarray(data, float)[:, -2:] * np.asarray(shapes_layer.scale)[-2:] + np.asarray(shapes_layer.translate)[-2:]
-        rc = world_to_level0(world, slide_layer.scale, slide_layer.translate)
-        polys.extend(polygons_from_napari([rc]))  # (row, col) -> (x, y), the core's convention
-    if not polys:
+        rings.append(world_to_level0(world, slide_layer.scale, slide_layer.translate))  # (row, col) level-0 px
+        kinds.append(roi_kind)
+    data = slide_layer.data[0] if getattr(slide_layer, "multiscale", False) else slide_layer.data
+    rows, cols = data.shape[:2] if getattr(slide_layer, "rgb", False) else data.shape[-2:]
+    roi = rois_from_napari(rings, kinds, extent=(cols, rows))
+    if roi is None:
         raise UserError(f"Shapes layer '{shapes_layer.name}': draw at least one polygon or rectangle as the ROI")
-    return polys
+    if roi.is_empty:
+        raise UserError(f"Shapes layer '{shapes_layer.name}': the excluded shapes cover the whole ROI")
+    return roi
 
 
-def add_roi_layer(viewer, polygons, slide_layer, name: str = "ROI"):
-    """Add level-0 ``(x, y)`` polygons as an editable Shapes layer aligned with ``slide_layer``."""
-    polys = [np.asarray(p, float) for p in polygons if len(p) >= 3]
-    if not polys:
+def add_roi_layer(viewer, rois, slide_layer, name: str = "ROI"):
+    """Add an ROI (level-0 ``(x, y)`` polygons or a MultiPolygon) as an editable Shapes layer on ``slide_layer``.
+
+    napari shapes have no holes: each hole is its own shape with ``roi_kind`` "exclude" (red edge).
+    """
+    data, kinds = rois_to_napari(rois)
+    if not data:
         raise UserError("the ROI file has no polygon")
-    return viewer.add_shapes(polygons_to_napari(polys), shape_type="polygon", name=name,
-                             scale=tuple(slide_layer.scale[-2:]), translate=tuple(slide_layer.translate[-2:]),
-                             edge_color="lime", face_color="transparent",
-                             edge_width=max(2.0, max(float(np.ptp(p, axis=0).max()) for p in polys) / 300),
-                             units=("um", "um"))
+    layer = viewer.add_shapes(data, shape_type="polygon", name=name,
+                              scale=tuple(slide_layer.scale[-2:]), translate=tuple(slide_layer.translate[-2:]),
+                              edge_color=[ROI_COLOURS[k] for k in kinds], face_color="transparent",
+                              edge_width=max(2.0, max(float(np.ptp(p, axis=0).max()) for p in data) / 300),
+                              features={"roi_kind": kinds}, units=("um", "um"))
+    layer.feature_defaults = {"roi_kind": ROI_INCLUDE}  # newly drawn shapes add to the ROI
+    layer.current_edge_color = ROI_COLOURS[ROI_INCLUDE]
+    return layer
 
 
 # ----------------------------------------------------------------------------- result layers
@@ -145,7 +168,7 @@ class AnalysisResult:
     slide_path: str
     mpp0: float
     work_mpp: float
-    rois: Optional[list] = None
+    rois: Any = None  # the ROI MultiPolygon (level-0 (x, y) px) or None
     model_path: str = ""
     extra: dict = field(default_factory=dict)
 

@@ -275,14 +275,14 @@ class AnalyseWidget(QWidget):
             self.import_roi(path)
 
     def import_roi(self, path: str):
-        """Add the polygons of a GeoJSON file as a Shapes layer on the chosen slide and select it as the ROI."""
-        from napari_lnm.tissue import read_geojson
+        """Add the ROI of a GeoJSON file (holes as "exclude" shapes) as a Shapes layer on the slide; select it."""
+        from napari_lnm.tissue import load_rois
 
         try:
             layer = self.slide_layer()
             if layer is None:
                 raise UserError("open the slide before importing its ROI")
-            shapes = add_roi_layer(self.viewer, read_geojson(path), layer, name=f"ROI {Path(path).stem}")
+            shapes = add_roi_layer(self.viewer, load_rois(path), layer, name=f"ROI {Path(path).stem}")
         except UserError as exc:
             notify_error(exc)
             return None

@@ -43,7 +43,7 @@ def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm", prog
     Polygons are level-0 ``(x, y)`` px with pixel-edge coordinates (QuPath's convention).
     """
     from napari_lnm.progress import check_stop, report
-    from napari_lnm.tissue import write_geojson
+    from napari_lnm.tissue import load_rois, write_geojson
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,10 +51,11 @@ def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm", prog
     t = pred.tiles
     paths: dict[str, Path] = {}
 
-    # ROI: the polygons used, or the analysed tiles when the ROI was automatic
-    if res.rois:
-        rois = [np.asarray(p, float) for p in res.rois]
-        names = [f"ROI {i + 1}" for i in range(len(rois))]
+    # ROI: the region used (holes as interior rings), or the analysed tiles when the ROI was automatic
+    roi = load_rois(res.rois) if res.rois is not None else None
+    if roi is not None and not roi.is_empty:
+        rois = roi
+        names = [f"ROI {i + 1}" for i in range(len(roi.geoms))]
     else:
         rois = [sq[:, ::-1] + 0.5 for sq in square_corners(t["x"], t["y"], t["size"])]
         names = [f"analysed tile {i}" for i in range(len(rois))]

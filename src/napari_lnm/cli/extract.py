@@ -33,6 +33,8 @@ def add_parser(subparsers) -> None:
                         "more accurate, ~3x slower segmentation) or 'cnn' (the shipped U-Net, needs PyTorch: the most "
                         "accurate, ~7x slower); a trained bundle remembers it and predict segments the same way")
     p.add_argument("--mpp", type=float, default=None, help="µm/px of the slide(s) when the metadata lacks it")
+    p.add_argument("--force-mpp", action="store_true",
+                   help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
     p.add_argument("--roi", metavar="GEOJSON", default=None, help="ROI polygons (QuPath GeoJSON), single slide only")
     p.add_argument("--slide-id", default=None, help="slide id of a single slide (default: file name stem)")
     run_on = p.add_mutually_exclusive_group()
@@ -50,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     from napari_lnm.progress import ProgressReporter
     from napari_lnm.tiling import TilingConfig
 
-    if args.mpp is not None and args.mpp <= 0:
-        raise UserError(f"--mpp must be positive (µm/px), got {args.mpp}")
+    from napari_lnm.io import mpp_option
+
+    mpp = mpp_option(args.mpp, args.force_mpp)
     config = TilingConfig(magnification=args.magnification, tile_size=args.tile_size, overlap=args.overlap,
                           min_tissue=args.min_tissue, max_tiles=args.max_tiles, seed=args.seed,
                           segmentation=args.segmentation)
@@ -79,16 +82,16 @@ def run(args: argparse.Namespace) -> int:
         if single_inline:
             target = out / f"{cohort.slide_id[0]}.parquet"
             roi = cohort["roi"][0] if "roi" in cohort else None
-            if is_done(target, config, args.mpp, roi):
+            if is_done(target, config, mpp, roi):
                 print(f"{target}: already done with these settings")
                 return 0
-            df = extract_slide(cohort.path[0], target, config, mpp=args.mpp, slide_id=cohort.slide_id[0],
+            df = extract_slide(cohort.path[0], target, config, mpp=mpp, slide_id=cohort.slide_id[0],
                                rois=roi, progress=progress)
             progress.close()
             print(f"{target}: {len(df)} tiles x {df.shape[1] - 5} features")
             return 0
         paths = extract_cohort(cohort, out, config, workers=args.workers, scheduler=args.scheduler,
-                               progress=progress, mpp=args.mpp)
+                               progress=progress, mpp=mpp)
     print(f"{len(paths)} slides in {out}")
     return 0
 

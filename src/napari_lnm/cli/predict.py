@@ -187,8 +187,9 @@ def run(args) -> int:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}")
     if args.key_tiles < 0:
         raise UserError(f"--key-tiles must be 0 or more, got {args.key_tiles}")
-    if args.mpp is not None and not args.mpp > 0:
-        raise UserError(f"--mpp must be a positive number of µm per pixel, got {args.mpp}")
+    from napari_lnm.io import mpp_option
+
+    mpp = mpp_option(args.mpp, args.force_mpp)
     workers = default_workers() if args.workers is None else args.workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
@@ -235,7 +236,7 @@ def run(args) -> int:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ClinicalWarning)
-                pred = predict_slide(job["path"], bundle, rois=job["roi"], config=config, mpp=args.mpp,
+                pred = predict_slide(job["path"], bundle, rois=job["roi"], config=config, mpp=mpp,
                                      subtype_model=subtype_model, top_k=args.top_k, n_key_tiles=args.key_tiles,
                                      slide_id=job["slide_id"], progress=bar, workers=workers, clinical=clin)
             for w in caught:
@@ -281,7 +282,7 @@ def _run_key(args, config) -> str:
                     h.update(f.relative_to(folder).as_posix().encode())
                     h.update(f.read_bytes())
     opts = {"tiling": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else str(config),
-            "mpp": args.mpp, "top_k": args.top_k, "key_tiles": args.key_tiles}
+            "mpp": [args.mpp, "forced"] if args.force_mpp else args.mpp, "top_k": args.top_k, "key_tiles": args.key_tiles}
     h.update(json.dumps(opts, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
@@ -302,6 +303,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="MODEL_DIR", help="model bundle from napari-lnm train")
     p.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder")
     p.add_argument("--mpp", type=float, default=None, help="µm per pixel, for slides without that metadata")
+    p.add_argument("--force-mpp", action="store_true",
+                   help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
     p.add_argument("--max-tiles", type=int, default=None, metavar="N",
                    help="analyse N tiles drawn at random (default: every tile)")
     p.add_argument("--seed", type=int, default=0, help="seed for --max-tiles sampling (default 0)")

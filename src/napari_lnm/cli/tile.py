@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -25,7 +24,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept tile")
     p.add_argument("--max-tiles", type=int, default=None, help="draw at most N tiles at random (all tiles when omitted)")
     p.add_argument("--seed", type=int, default=0, help="random seed for --max-tiles")
-    p.add_argument("--mpp", type=float, default=None, help="µm/px at level 0 (required for photos without it)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="µm/px at level 0 when the metadata lacks it (required for photos without it)")
+    p.add_argument("--force-mpp", action="store_true",
+                   help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
     p.add_argument("--no-tissue", action="store_true", help="skip tissue detection (whole slide / ROI is tissue)")
     p.add_argument("--thumbnail-size", type=int, default=1024, help="longest side of thumbnail.png in px")
     p.add_argument("--out", type=Path, required=True, help="output folder")
@@ -33,9 +35,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def draw_tiles(rgb: np.ndarray, downsample: float, tiles, rois: Optional[Sequence[np.ndarray]] = None,
-               tissue=None) -> np.ndarray:
-    """Thumbnail RGB with the tissue outline (green), ROIs (blue) and tile squares (yellow) drawn on it."""
+def draw_tiles(rgb: np.ndarray, downsample: float, tiles, rois=None, tissue=None) -> np.ndarray:
+    """Thumbnail RGB with the tissue outline (green), ROIs (blue, holes red) and tile squares (yellow) drawn on it."""
     from PIL import Image, ImageDraw
 
     img = Image.fromarray(rgb)
@@ -46,9 +47,13 @@ def draw_tiles(rgb: np.ndarray, downsample: float, tiles, rois: Optional[Sequenc
         for poly in mask_to_polygons(tissue.mask, tissue.downsample):
             pts = [tuple(p) for p in (poly / downsample).tolist()]
             draw.line(pts + [pts[0]], fill=(0, 170, 0), width=1)
-    for poly in rois or []:
-        pts = [tuple(p) for p in (np.asarray(poly) / downsample).tolist()]
-        draw.line(pts + [pts[0]], fill=(0, 60, 255), width=3)
+    from napari_lnm.tissue import load_rois, roi_rings
+
+    geom = load_rois(rois)
+    for ext, holes in roi_rings(geom) if geom is not None else []:
+        for ring, colour in [(ext, (0, 60, 255))] + [(h, (230, 0, 0)) for h in holes]:
+            pts = [tuple(p) for p in (np.asarray(ring) / downsample).tolist()]
+            draw.line(pts + [pts[0]], fill=colour, width=3)
     for x, y, s in zip(tiles["x"], tiles["y"], tiles["size"]):
         x0, y0 = x / downsample, y / downsample
         draw.rectangle([x0, y0, x0 + s / downsample, y0 + s / downsample], outline=(255, 200, 0), width=2)
@@ -61,18 +66,17 @@ def run(args) -> int:
 
     from napari_lnm._atomic import atomic_path
     from napari_lnm.errors import UserError
-    from napari_lnm.io import open_slide
-    from napari_lnm.tissue import read_geojson, tissue_mask
+    from napari_lnm.io import mpp_option, open_slide
+    from napari_lnm.tissue import check_rois_inside, load_rois, tissue_mask
     from napari_lnm.tiling import TilingConfig, tile_slide, tile_size_level0
 
     config = TilingConfig(magnification=args.magnification, tile_size=args.tile_size, overlap=args.overlap,
                           min_tissue=args.min_tissue, max_tiles=args.max_tiles, seed=args.seed)
     if args.thumbnail_size < 1:
         raise UserError(f"--thumbnail-size must be at least 1 px, got {args.thumbnail_size}")
-    rois = read_geojson(args.roi) if args.roi is not None else None
-    if rois is not None and not rois:
-        raise UserError(f"{args.roi}: no Polygon or MultiPolygon in the ROI file")
-    with open_slide(args.slide, mpp=args.mpp) as slide:
+    rois = load_rois(args.roi, args.slide) if args.roi is not None else None  # holes excluded
+    with open_slide(args.slide, mpp=mpp_option(args.mpp, args.force_mpp)) as slide:
+        check_rois_inside(rois, slide, args.roi)  # names the ROI file, before the tissue mask
         tm = None if args.no_tissue else tissue_mask(slide)
         tiles = tile_slide(slide, rois=rois, config=config, tissue=tm if tm is not None else False)
         thumb, ds = slide.thumbnail(args.thumbnail_size)
@@ -88,7 +92,8 @@ def run(args) -> int:
             Image.fromarray(draw_tiles(thumb, ds, tiles, rois, tm)).save(tmp, format="PNG")
     except OSError as exc:
         raise UserError(f"{args.out}: cannot write outputs ({' '.join(str(exc).split())})") from None
-    roi_txt = f", {len(rois)} ROI polygon(s)" if rois else ""
+    n_holes = sum(len(p.interiors) for p in rois.geoms) if rois else 0
+    roi_txt = (f", {len(rois.geoms)} ROI polygon(s)" + (f" with {n_holes} hole(s)" if n_holes else "")) if rois else ""
     print(f"{Path(args.slide).name}: {len(tiles)} tiles of {config.tile_size} px at {config.magnification:g}x "
           f"({config.mpp:g} µm/px; {size0} level-0 px at {slide_mpp:.4g} µm/px) from a {w}x{h} px slide"
           f"{roi_txt} -> {args.out / 'tiles.parquet'}")

@@ -49,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("slide", help="slide file")
     q.add_argument("--model", required=True, help="subtype model folder written by train-subtype")
     q.add_argument("--mpp", type=float, default=None, help="µm/px of the slide when its metadata lacks it")
+    q.add_argument("--force-mpp", action="store_true",
+                   help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
     q.add_argument("--max-tiles", type=int, default=None, help="draw at most N tiles at random (seeded)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--json", default=None, metavar="FILE", help="also write the result as JSON")
@@ -130,6 +132,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """Predict one slide's subtype and print the H counts per subtype."""
     from napari_lnm import io, tiling
     from napari_lnm._atomic import write_text_atomic
+    from napari_lnm.progress import ProgressReporter
     from napari_lnm.subtype import SubtypeModel, predict_slide_subtype
 
     model = SubtypeModel.load(args.model)
@@ -137,7 +140,7 @@ def run_predict(args: argparse.Namespace) -> int:
                               tile_size=int(model.config["tile_size"]), max_tiles=args.max_tiles, seed=args.seed)
     bar = ProgressReporter(Path(args.slide).stem, unit="tile", disable=args.quiet, log_units=False)
     try:
-        with io.open_slide(args.slide, mpp=args.mpp) as slide:
+        with io.open_slide(args.slide, mpp=io.mpp_option(args.mpp, args.force_mpp)) as slide:
             tiles = tiling.tile_slide(slide, config=cfg)
             v = predict_slide_subtype(slide, model, tiles, cfg, progress=bar)
     finally:

@@ -16,8 +16,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from napari_lnm.cohort import read_cohort
+from napari_lnm.config import TilingConfig
 from napari_lnm.errors import CohortError, UserError
 from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
+from napari_lnm.provenance import read_provenance, tiling_from_provenance
 from napari_lnm.subtype._vote import SUBTYPES, vote
 from napari_lnm.subtype.model import SubtypeModel, resize_tiles
 
@@ -72,20 +75,12 @@ def _cohort_name(cohort: Any) -> str:
 def _read_cohort(cohort: Any) -> pd.DataFrame:
     """Cohort rows with ``slide_id`` and a known ``subtype`` (``path`` resolved against the CSV's folder).
 
-    Deliberately lighter than ``extract.read_cohort``: the LNM ``label`` may be absent or blank and
-    slide files need not exist when tiles come from a cache.
+    The LNM ``label`` may be absent or blank and slide files need not exist when tiles come from a cache.
     """
     if isinstance(cohort, pd.DataFrame):
         df, name = cohort.reset_index(drop=True), "cohort table"
     else:
-        from napari_lnm.extract import read_csv_strings
-
-        path = Path(cohort)
-        name = str(path)
-        df = read_csv_strings(path)
-        if "path" in df.columns:
-            df["path"] = [p if not p or Path(p).is_absolute() else str(path.parent / p)
-                          for p in df["path"].astype(str).str.strip()]
+        df, name = read_cohort(cohort, check_files=False, required=("slide_id", "subtype")), str(cohort)
     for col in ("slide_id", "subtype"):
         if col not in df.columns:
             raise CohortError(f"{name}: no {col!r} column (the subtype CNN needs each slide's known subtype)")
@@ -127,30 +122,12 @@ def source_tiling(tiles_source: Any) -> Any:
     info = Path(tiles_source) / CACHE_INFO
     if info.is_file():
         try:
-            return _tiling_from_provenance(json.loads(info.read_text(encoding="utf-8")))
+            return tiling_from_provenance(json.loads(info.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as exc:
             raise CohortError(f"{info}: unreadable tiling record ({exc})") from None
     for pq in sorted(Path(tiles_source).glob("*.parquet")):
-        return _tiling_from_provenance(features_provenance(pq))
+        return tiling_from_provenance(read_provenance(pq))
     return None
-
-
-def features_provenance(parquet: str | Path) -> dict:
-    """The provenance that ``extract`` stores in a features Parquet (tiling config, slide path, mpp), or {}."""
-    try:
-        from napari_lnm.extract import read_provenance
-    except ImportError:
-        return {}
-    return read_provenance(parquet) or {}
-
-
-def _tiling_from_provenance(prov: dict) -> Any:
-    """The ``TilingConfig`` a features Parquet was extracted with, or None."""
-    if not isinstance(prov.get("tiling"), dict):
-        return None
-    from napari_lnm.tiling import TilingConfig
-
-    return TilingConfig(**prov["tiling"])
 
 
 def _read_tiles_from_slide(path: str, coords: Optional[pd.DataFrame], config: Any, k: Optional[int], seed: int,
@@ -219,8 +196,8 @@ def load_tile_sets(tiles_source: Any, cohort: Any, input_size: int = 128, max_ti
                     coords = pd.read_parquet(pq, columns=["x", "y"])
                 except Exception as exc:
                     raise CohortError(f"{pq}: cannot read tile coordinates x, y ({exc})") from None
-                prov = features_provenance(pq)
-                pcfg = _tiling_from_provenance(prov)
+                prov = read_provenance(pq) or {}
+                pcfg = tiling_from_provenance(prov)
                 if pcfg is not None:
                     if cfg is not None and (float(cfg.magnification), int(cfg.tile_size)) != (
                             float(pcfg.magnification), int(pcfg.tile_size)):
@@ -391,12 +368,7 @@ def train_subtype(tiles_source: Any, cohort: Any, out_dir: Optional[str | Path] 
         if tiling_config is None:
             tiling_config = source_tiling(tiles_source)
         if tiling_config is None:
-            try:
-                from napari_lnm.tiling import TilingConfig
-
-                tiling_config = TilingConfig(seed=seed)
-            except ImportError:
-                tiling_config = None
+            tiling_config = TilingConfig(seed=seed)
         mag = float(getattr(tiling_config, "magnification", 20.0))
         tsize = int(getattr(tiling_config, "tile_size", 512))
         model = SubtypeModel.new(arch, classes, input_size, magnification=mag, tile_size=tsize, weights=weights,
