@@ -24,7 +24,7 @@ from napari_lnm._atomic import atomic_path
 from napari_lnm.cohort import read_cohort
 from napari_lnm.config import TilingConfig
 from napari_lnm.engine import Executor, analyse_tiles, make_executor, tile_frame
-from napari_lnm.errors import CohortError, SlideError, UserError
+from napari_lnm.errors import CohortError, UserError
 from napari_lnm.progress import Cancelled, ProgressFn, StopFn, check_stop, report
 from napari_lnm.provenance import (METADATA_KEY, Rois, extraction_provenance, feature_schema_hash, is_done,
                                    read_provenance)
@@ -35,11 +35,6 @@ __all__ = [
 ]
 
 ERRORS_FILE = "errors.csv"
-
-
-def _no_tiles(path: str, config: TilingConfig) -> SlideError:
-    return SlideError(path, f"no tiles with at least {config.min_tissue:g} tissue at {config.magnification:g}x "
-                            f"(lower --min-tissue, check the ROI, or the slide is blank)")
 
 
 def _write_parquet(df: pd.DataFrame, out: Path, prov: dict, slide_id: str, slide_mpp: float,
@@ -62,7 +57,7 @@ def _extract(path: str, slide_id: str, config: TilingConfig, mpp: Optional[float
              ) -> tuple[pd.DataFrame, dict, float]:
     """Tile one slide and analyse its tiles: (tile table, provenance record, slide µm/px)."""
     from napari_lnm.io import open_slide
-    from napari_lnm.tiling import tile_slide
+    from napari_lnm.tiling import no_tiles_error, tile_slide
     from napari_lnm.tissue import load_rois
 
     prov = extraction_provenance(config, mpp, rois, path)
@@ -70,7 +65,7 @@ def _extract(path: str, slide_id: str, config: TilingConfig, mpp: Optional[float
     with open_slide(path, mpp=mpp) as slide:
         tiles = tile_slide(slide, rois=load_rois(rois, path), config=config, should_stop=should_stop)
         if len(tiles) == 0:
-            raise _no_tiles(path, config)
+            raise no_tiles_error(slide, config, with_roi=rois is not None)
         report(progress, 0, len(tiles), f"{slide_id}: {len(tiles)} tiles")
         res = analyse_tiles(slide, tiles, config, executor=executor, progress=progress, should_stop=should_stop)
         return tile_frame(slide_id, tiles, res.features), prov, float(slide.mpp)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from napari_lnm.config import TilingConfig
 from napari_lnm.engine import LocalPool, TileResults, analyse_tiles, shutdown_pool, tile_frame
-from napari_lnm.errors import ModelError, SlideError, UserError
+from napari_lnm.errors import ModelError, UserError
 from napari_lnm.explain import global_importance, key_tiles, top_features, with_direction
 from napari_lnm.model import ClinicalWarning, ModelBundle, clinical_frame
 from napari_lnm.prediction import RESULT_VERSION, Prediction
@@ -53,14 +53,11 @@ def default_workers() -> int:
 def find_tiles(slide: "Slide", rois: Any, config: TilingConfig,
                should_stop: Optional[StopFn] = None) -> pd.DataFrame:
     """The slide's tile table inside ROI ∩ tissue (level-0 px); SlideError when there is none."""
-    from napari_lnm.tiling import tile_slide
+    from napari_lnm.tiling import no_tiles_error, tile_slide
 
     tiles = tile_slide(slide, rois=rois, config=config, should_stop=should_stop)
     if len(tiles) == 0:
-        raise SlideError(str(slide.path), "no tiles with enough tissue"
-                         + (" inside the ROI" if rois is not None else "")
-                         + f" (tile {config.tile_size} px at {config.magnification:g}x, "
-                           f"min tissue {config.min_tissue:g}); draw or import an ROI, or lower --min-tissue")
+        raise no_tiles_error(slide, config, with_roi=rois is not None)
     return tiles
 
 

@@ -7,11 +7,11 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from napari_lnm.errors import UserError
+from napari_lnm.errors import SlideError, UserError
 from napari_lnm.config import ALLOWED_MAGNIFICATIONS, ALLOWED_TILE_SIZES, SEGMENTATIONS, TilingConfig
 from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
 
-__all__ = ["TilingConfig", "tile_slide", "read_tile", "tile_size_level0", "ALLOWED_TILE_SIZES",
+__all__ = ["TilingConfig", "tile_slide", "read_tile", "no_tiles_error", "tile_size_level0", "ALLOWED_TILE_SIZES",
            "ALLOWED_MAGNIFICATIONS", "check_resolution", "SEGMENTATIONS"]
 
 
@@ -29,8 +29,6 @@ def check_resolution(slide, config: TilingConfig) -> None:
     slide_mpp, work_mpp = float(slide.mpp), float(config.mpp)
     if slide_mpp <= MAX_UPSAMPLING * work_mpp * (1.0 + 1e-6):
         return
-    from napari_lnm.errors import SlideError
-
     fine_enough = [m for m in ALLOWED_MAGNIFICATIONS if slide_mpp <= MAX_UPSAMPLING * 10.0 / m * (1.0 + 1e-6)]
     if fine_enough:
         what = f"use magnification {max(fine_enough):g}x or lower"
@@ -146,6 +144,20 @@ def tile_slide(slide, rois: Union[None, str, Sequence[np.ndarray], object] = Non
                         "slide_mpp": slide.mpp, "candidates": int(keep.sum())})
     report(progress, 3, 3, f"{len(table)} tiles")
     return table
+
+
+def no_tiles_error(slide, config: TilingConfig, with_roi: bool = False) -> SlideError:
+    """The one message for a slide that gives no tile: smaller than one tile, or too little tissue."""
+    W, H = slide.dimensions
+    size = tile_size_level0(slide, config)
+    if W < size or H < size:
+        return SlideError(str(slide.path), f"the slide ({W}x{H} level-0 px) is smaller than one tile ({size} px: "
+                                           f"{config.tile_size} px at {config.magnification:g}x); use a smaller "
+                                           f"--tile-size or a lower --magnification")
+    return SlideError(str(slide.path), f"no tiles with at least {config.min_tissue:g} tissue"
+                                       + (" inside the ROI" if with_roi else "")
+                                       + f" (tile {config.tile_size} px at {config.magnification:g}x); draw or "
+                                         f"import an ROI, lower --min-tissue, or the slide is blank")
 
 
 def read_tile(slide, x: int, y: int, config: TilingConfig) -> np.ndarray:

@@ -13,6 +13,8 @@ import numpy as np
 from qtpy.QtCore import QEvent, QObject, Signal
 from qtpy.QtWidgets import QApplication
 
+from napari_lnm.model import ModelBundle
+from napari_lnm.prediction import Prediction
 from napari_lnm.errors import UserError
 from napari_lnm.progress import Cancelled
 
@@ -24,7 +26,6 @@ PATH_KEY = "napari_lnm_path"
 MPP_KEY = "mpp"
 AUTO_TISSUE = "auto tissue"
 # fixed names of the result layers: a second run replaces them
-RESULT_NAMES = ("H", "E", "nuclei", "voronoi", "delaunay", "tiles", "key tiles")
 
 
 # ----------------------------------------------------------------------------- slide layers
@@ -163,8 +164,8 @@ def replace_layer(viewer, name: str, add: Callable[..., Any], data, **kwargs):
 class AnalysisResult:
     """The last analysis in a viewer: what Inspect and Export widgets read."""
 
-    prediction: Any
-    bundle: Any
+    prediction: Prediction
+    bundle: ModelBundle
     slide_path: str
     mpp0: float
     work_mpp: float

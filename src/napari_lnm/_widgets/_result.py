@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
+
+from napari_lnm.engine import tile_segments
+from napari_lnm.model import ModelBundle
+from napari_lnm.prediction import Prediction
 
 from ._layers import Mosaic, build_mosaic, segments_to_vectors, tile_to_level0
 from ._subtype import subtype_tiles
@@ -41,21 +45,23 @@ def contrast_limits(img: np.ndarray, q: float = 99.5, max_samples: int = 1_000_0
     return 0.0, max(hi, 1e-3)
 
 
-def tile_analyses(pred: Any) -> list[tuple[float, float, float, Any]]:
-    """``(x, y, size, TileAnalysis)`` for every tile whose images the prediction kept (``Prediction.analyses``)."""
-    analyses = getattr(pred, "analyses", None)
+def tile_analyses(pred: Prediction) -> list[tuple]:
+    """``(x, y, size, TileAnalysis, segments)`` for every tile whose images the prediction kept."""
+    analyses = pred.analyses
     if not analyses:
         return []
     t = pred.tiles
     if len(analyses) != len(t):
         raise ValueError(f"prediction has {len(analyses)} tile analyses for {len(t)} tiles")
     xs, ys, ss = (t[c].to_numpy(float) for c in ("x", "y", "size"))
-    return [(xs[i], ys[i], ss[i], a) for i, a in enumerate(analyses) if a is not None]
+    segments = pred.graph_segments or [None] * len(analyses)
+    return [(xs[i], ys[i], ss[i], a, segments[i]) for i, a in enumerate(analyses) if a is not None]
 
 
-def _pairs(df: Any, names=("element", "feature", "name"), values=("gain", "importance", "fscore")) -> list:
-    """(name, value) pairs from a DataFrame with a name and a value column; [] if it has neither."""
-    if not isinstance(df, pd.DataFrame) or len(df) == 0:
+def _pairs(df: pd.DataFrame, values=("gain", "fscore")) -> list:
+    """(element, value) pairs from an importance or top-features table; [] if it has no such columns."""
+    names = ("element", "feature")
+    if len(df) == 0:
         return []
     name_col = next((c for c in names if c in df.columns), None)
     val_col = next((c for c in values if c in df.columns), None)
@@ -64,36 +70,34 @@ def _pairs(df: Any, names=("element", "feature", "name"), values=("gain", "impor
     return list(zip(df[name_col].astype(str), pd.to_numeric(df[val_col], errors="coerce").to_numpy(float)))
 
 
-def top_features(pred: Any, bundle: Any = None, k: int = 10) -> list[tuple[str, float]]:
+def top_features(pred: Prediction, bundle: Optional[ModelBundle] = None, k: int = 10) -> list[tuple[str, float]]:
     """The model's top-k fused elements by importance (gain) as ``(element, gain)``, largest first.
 
     Taken from ``pred.importance`` (the pipeline's global top-k), else the bundle's
     importance table, else the slide's ``top_features`` ranked by |contribution|.
     """
-    pairs = _pairs(getattr(pred, "importance", None))
+    pairs = _pairs(pred.importance)
     if not pairs and bundle is not None:
-        imp = getattr(bundle, "importance", None)
-        pairs = _pairs(imp() if callable(imp) else imp)
+        pairs = _pairs(bundle.importance)
     if not pairs:
-        tf = getattr(pred, "top_features", None)
-        pairs = [(n, abs(v)) for n, v in _pairs(tf, values=("contribution",))]
+        pairs = [(n, abs(v)) for n, v in _pairs(pred.top_features, values=("contribution",))]
     pairs = [(n, float(v) if np.isfinite(v) else 0.0) for n, v in pairs]
     pairs.sort(key=lambda p: -p[1])
     return pairs[:k]
 
 
-def slide_features(pred: Any, k: int = 10) -> list[str]:
+def slide_features(pred: Prediction, k: int = 10) -> list[str]:
     """Tile features behind this slide's prediction (top |contribution| first), then the model's top features."""
     out: list[str] = []
-    for df in (getattr(pred, "top_features", None), getattr(pred, "importance", None)):
-        if isinstance(df, pd.DataFrame) and "feature" in df.columns:
+    for df in (pred.top_features, pred.importance):
+        if "feature" in df.columns:
             for f in df["feature"].astype(str):
                 if f not in out:
                     out.append(f)
     return out[:k]
 
 
-def build_layer_data(pred: Any, bundle: Any, mpp0: float, work_mpp: float, graph_fn=None,
+def build_layer_data(pred: Prediction, bundle: ModelBundle, mpp0: float, work_mpp: float,
                      should_stop=None) -> LayerData:
     """Mosaics, graph vectors, tile and key-tile tables for a prediction, in slide level-0 geometry."""
     items = tile_analyses(pred)
@@ -101,22 +105,15 @@ def build_layer_data(pred: Any, bundle: Any, mpp0: float, work_mpp: float, graph
     vor, dela = [], []
     n_vor = n_del = 0
     if items:
-        xs, ys, sizes, an = zip(*items)
+        xs, ys, sizes, an, _ = zip(*items)
         mosaic = build_mosaic(xs, ys, sizes, [a.h for a in an], [a.e for a in an], [a.labels for a in an],
                               mpp0, work_mpp)
-        # segments predict_slide already computed (in its worker processes), keyed by TileAnalysis identity
-        known = ({id(a): sg for a, sg in zip(pred.analyses, getattr(pred, "graph_segments", None) or [])}
-                 if graph_fn is None else {})
-        if graph_fn is None:
-            from napari_lnm.features.graph import graph_segments as graph_fn
-        for x, y, _s, a in items:
+        for x, y, _s, a, segments in items:
             if should_stop is not None and should_stop():
                 break
-            c = np.asarray(a.centroids, float).reshape(-1, 2)
-            if len(c) < 3 or (n_vor >= MAX_SEGMENTS and n_del >= MAX_SEGMENTS):
+            if len(a.centroids) < 3 or (n_vor >= MAX_SEGMENTS and n_del >= MAX_SEGMENTS):
                 continue
-            v, d = known[id(a)] if id(a) in known else graph_fn(c, np.asarray(a.labels).shape)
-            v, d = np.asarray(v, float).reshape(-1, 2, 2), np.asarray(d, float).reshape(-1, 2, 2)
+            v, d = segments if segments is not None else tile_segments(a)  # the engine computed them in its workers
             if len(v) and n_vor < MAX_SEGMENTS:
                 vor.append(segments_to_vectors(tile_to_level0(v, x, y, mpp0, work_mpp)))
                 n_vor += len(v)
@@ -124,18 +121,15 @@ def build_layer_data(pred: Any, bundle: Any, mpp0: float, work_mpp: float, graph
                 dela.append(segments_to_vectors(tile_to_level0(d, x, y, mpp0, work_mpp)))
                 n_del += len(d)
     empty = np.zeros((0, 2, 2))
-    sub = getattr(pred, "subtype", None)
-    key = getattr(pred, "key_tiles", None)
-    key = key if isinstance(key, pd.DataFrame) else pd.DataFrame(columns=["rank", "x", "y", "size", "kind", "colour", "reason"])
     return LayerData(
         mosaic=mosaic,
         voronoi=np.concatenate(vor) if vor else empty,
         delaunay=np.concatenate(dela) if dela else empty,
         tiles=pred.tiles,
-        key_tiles=key,
+        key_tiles=pred.key_tiles,
         top_features=top_features(pred, bundle),
         h_limits=contrast_limits(mosaic.h) if mosaic is not None else (0.0, 1.0),
         e_limits=contrast_limits(mosaic.e) if mosaic is not None else (0.0, 1.0),
-        subtype_tiles=subtype_tiles(sub) if isinstance(sub, dict) else None,
-        subtype_routing={str(k): str(v) for k, v in (getattr(bundle, "subtype_routing", None) or {}).items()},
+        subtype_tiles=subtype_tiles(pred.subtype) if pred.subtype is not None else None,
+        subtype_routing=dict(bundle.subtype_routing),
     )

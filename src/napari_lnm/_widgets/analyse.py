@@ -14,7 +14,9 @@ from qtpy.QtWidgets import (
     QProgressBar, QPushButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
-from napari_lnm.errors import ModelError, UserError
+from napari_lnm.errors import UserError
+from napari_lnm.model import ModelBundle
+from napari_lnm.pipeline import default_workers
 
 from ._charts import ChartCanvas
 from ._common import (
@@ -22,7 +24,8 @@ from ._common import (
     path_row, rois_from_shapes, scratch_dir, set_result, slide_file_for, slide_layers, unwrap_viewer,
 )
 from ._layers import display_pyramid, square_corners
-from ._result import LayerData, build_layer_data
+from ._analysis import AnalysisRequest, load_bundle, parse_clinical, run_analysis
+from ._result import LayerData
 from ._subtype import SUBTYPE_COLOURS, subtype_colour, subtype_counts, subtype_summary, subtype_title, tile_reason
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "demo_model"
@@ -59,37 +62,6 @@ def _subtype_hover(layer, event) -> None:
                             dims_displayed=event.dims_displayed, world=True)
     index = value[0] if isinstance(value, tuple) else value
     layer.help = tile_reason(layer.features, index) or SUBTYPE_HELP
-
-
-def load_bundle(path: str):
-    """Load a model bundle folder; any failure becomes a one-line ModelError naming the path."""
-    from napari_lnm.model import ModelBundle
-
-    p = Path(path).expanduser()
-    if not str(path).strip():
-        raise ModelError("no model chosen: pick a model bundle folder")
-    if p.is_file():  # the user picked a file inside the bundle
-        p = p.parent
-    try:
-        return ModelBundle.load(p)
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any unreadable bundle is the user's to fix
-        raise ModelError(f"{p}: not a napari-lnm model bundle ({type(exc).__name__}: {exc})") from None
-
-
-def parse_clinical(text: str) -> Optional[dict]:
-    """``"age=71; stage=III"`` (``;`` or ``,`` between ``column=value`` pairs) -> dict; None for blank text."""
-    pairs = [p.strip() for p in text.replace(",", ";").split(";") if p.strip()]
-    if not pairs:
-        return None
-    out = {}
-    for p in pairs:
-        key, sep, value = p.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"clinical values: '{p}' is not column=value (e.g. age=71; stage=III)")
-        out[key.strip()] = value.strip()
-    return out
 
 
 class AnalyseWidget(QWidget):
@@ -312,10 +284,10 @@ class AnalyseWidget(QWidget):
         except UserError:
             self._show_tiling(None)
 
-    def _show_tiling(self, bundle) -> None:
+    def _show_tiling(self, bundle: Optional[ModelBundle]) -> None:
         """Lock magnification and tile size to the bundle's training tiling, if it records one, and ask for
-        clinical values only when the model uses them."""
-        enc = getattr(bundle, "clinical", None)
+        clinical values only when the model uses them (None: no readable model chosen)."""
+        enc = bundle.clinical if bundle is not None else None
         cols = list(enc.columns) if enc is not None and enc.columns else []
         self.clinical_edit.setEnabled(bool(cols))
         if cols:
@@ -326,7 +298,7 @@ class AnalyseWidget(QWidget):
         else:
             self.clinical_edit.setPlaceholderText("the model uses none")
             self.clinical_edit.setToolTip("")
-        from napari_lnm.pipeline import recorded_tiling
+        from napari_lnm.provenance import recorded_tiling
 
         recorded = recorded_tiling(bundle)
         for combo in (self.mag_combo, self.tile_combo):
@@ -350,7 +322,7 @@ class AnalyseWidget(QWidget):
     def config(self, bundle=None):
         """The TilingConfig: the bundle's training tiling (magnification, tile size, tissue, segmentation)
         when it records one, else the form's; max tiles and seed always from the form."""
-        from napari_lnm.pipeline import recorded_tiling
+        from napari_lnm.provenance import recorded_tiling
         from napari_lnm.tiling import TilingConfig
 
         recorded = recorded_tiling(bundle)
@@ -414,7 +386,7 @@ class AnalyseWidget(QWidget):
         bundle = load_bundle(model_path)
         config = self.config(bundle)
         clinical = parse_clinical(self.clinical_edit.text()) if self.clinical_edit.isEnabled() else None
-        enc = getattr(bundle, "clinical", None)
+        enc = bundle.clinical
         if clinical is None and enc is not None and enc.columns:
             raise UserError(f"the model uses clinical values: enter {', '.join(enc.columns)} "
                             f"(e.g. {self.clinical_edit.placeholderText()})")
@@ -423,20 +395,13 @@ class AnalyseWidget(QWidget):
         if subtype_model and not Path(subtype_model).expanduser().is_dir():
             raise UserError(f"{subtype_model}: subtype model folder not found")
 
-        def job(progress, should_stop):
-            from napari_lnm.io import open_slide
-            from napari_lnm.pipeline import default_workers, predict_slide
+        request = AnalysisRequest(path=path, bundle=bundle, config=config, mpp=mpp0, rois=rois, clinical=clinical,
+                                  subtype_model=subtype_model, workers=default_workers())
 
-            with open_slide(path, mpp=mpp0) as slide:
-                pred = predict_slide(slide, bundle, rois=rois, config=config, keep_images=True, clinical=clinical,
-                                     subtype_model=subtype_model, progress=progress, should_stop=should_stop,
-                                     workers=default_workers())
-                real_mpp0 = float(slide.mpp)
-            progress(0, 0, "building layers")
-            t0 = time.perf_counter()
-            data = build_layer_data(pred, bundle, real_mpp0, work_mpp, should_stop=should_stop)
-            self.timings["layer_data_s"] = time.perf_counter() - t0
-            return pred, data, real_mpp0
+        def job(progress, should_stop):
+            out = run_analysis(request, progress, should_stop)
+            self.timings.update(out.timings)
+            return out.prediction, out.layers, out.mpp0
 
         meta = dict(layer=layer, path=path, rois=rois, bundle=bundle, model_path=model_path, work_mpp=work_mpp)
         return job, meta
@@ -599,23 +564,18 @@ class AnalyseWidget(QWidget):
                   lambda: self._show_subtype(pred, data.subtype_routing)]
         return steps
 
-    def show_result(self, pred: Any, data: LayerData, slide_layer, mpp0: float) -> None:
-        """Create (or replace) all result layers at once (blocking; the widget itself uses display_steps)."""
-        for step in self.display_steps(pred, data, slide_layer, mpp0):
-            step()
-
     def _show_probability(self, pred: Any) -> None:
         p = float(pred.probability)
         colour = "#e31a1c" if p >= 0.5 else "#1a9850"
         self.prob_label.setText(f"{100 * p:.0f}%")
         self.prob_label.setStyleSheet(f"font-size: 26pt; font-weight: bold; color: {colour};")
         parts = [f"{len(pred.tiles)} tiles"]
-        sub = getattr(pred, "subtype", None)
+        sub = pred.subtype
         model_name = Path(self.model_edit.text()).name
         if isinstance(sub, dict) and sub.get("model_used"):
             model_name += f" [{sub['model_used']}]"
         parts.append(f"model: {model_name}")
-        clinical = (getattr(pred, "model", None) or {}).get("clinical")
+        clinical = pred.model.get("clinical")
         if clinical:
             parts.append("clinical: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in clinical.items()))
@@ -646,7 +606,7 @@ class AnalyseWidget(QWidget):
 
     def _show_subtype(self, pred: Any, routing: Optional[dict] = None) -> None:
         """Subtype headline, the LNM model used (and why), and the bar chart of tile counts per subtype."""
-        sub = getattr(pred, "subtype", None)
+        sub = pred.subtype
         head, line = subtype_summary(sub, routing)
         self.subtype_label.setText(f"subtype: {head}" if head else "")
         self.subtype_label.setVisible(bool(head))

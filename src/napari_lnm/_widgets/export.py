@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from qtpy.QtWidgets import QFileDialog, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
 from napari_lnm._atomic import atomic_path, write_text_atomic
@@ -65,7 +64,7 @@ def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm", prog
     # nuclei: per-tile contours mapped to level-0 (x, y) px
     polys, props = [], []
     items = tile_analyses(pred)
-    for ti, (x, y, _s, a) in enumerate(items):
+    for ti, (x, y, _s, a, _segments) in enumerate(items):
         check_stop(should_stop)
         report(progress, ti, len(items), "outlining nuclei")
         tp, ids = nucleus_polygons(a.labels)
@@ -76,8 +75,7 @@ def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm", prog
     paths["nuclei"] = out / f"{stem}_nuclei.geojson"
     write_geojson(paths["nuclei"], polys, names=["nucleus"] * len(polys), properties=props)
 
-    k = getattr(pred, "key_tiles", None)
-    k = k if isinstance(k, pd.DataFrame) else pd.DataFrame(columns=["rank", "x", "y", "size", "kind", "reason"])
+    k = pred.key_tiles
     kp = [sq[:, ::-1] + 0.5 for sq in square_corners(k["x"], k["y"], k["size"])]
     kprops = [{"rank": int(r.rank), "kind": str(r.kind), "reason": str(r.reason)} for r in k.itertuples()]
     paths["key_tiles"] = out / f"{stem}_key_tiles.geojson"
@@ -90,7 +88,7 @@ def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm", prog
         "n_tiles": int(len(t)),
         "mpp_level0": res.mpp0,
         "mpp_working": res.work_mpp,
-        "subtype": getattr(pred, "subtype", None),
+        "subtype": pred.subtype,
         "top_features": [{"feature": n, "importance": v} for n, v in top_features(pred, res.bundle)],
         "key_tiles": json.loads(k.to_json(orient="records")) if len(k) else [],
     }

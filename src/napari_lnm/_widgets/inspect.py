@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 from qtpy.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from napari_lnm.explain import bin_range_text
+from napari_lnm.fusion import HistogramFusion
+from napari_lnm.model import ModelBundle
+from napari_lnm.prediction import Prediction
 
 from ._common import CloseWatcher, get_result, hub, viewer_key
 from ._layers import bin_of, tile_at, world_to_level0
@@ -17,30 +20,12 @@ from ._result import slide_features
 COLUMNS = ["feature", "value", "bin", "bin edges", "metastatic direction"]
 
 
-def _fusion(bundle: Any):
-    return getattr(bundle, "fusion", None)
-
-
-def _directions(bundle: Any) -> dict[str, str]:
-    """Feature element -> 'higher'/'lower' in metastatic training slides, when the bundle records it."""
-    out: dict[str, str] = {}
-    for attr in ("importance", "elements", "selection_table", "selected", "element_table"):
-        tab = getattr(bundle, attr, None)
-        if isinstance(tab, pd.DataFrame) and "direction" in tab.columns:
-            name_col = "element" if "element" in tab.columns else tab.columns[0]
-            for n, d in zip(tab[name_col].astype(str), tab["direction"]):
-                out[n] = _dir_text(d)
-            return out
-    sel = getattr(bundle, "selection", None)
-    if sel is not None:
-        names = getattr(sel, "names", None) or getattr(sel, "elements", None)
-        dirs = getattr(sel, "direction", None)
-        if dirs is None:
-            dirs = getattr(sel, "directions", None)
-        if names is not None and dirs is not None:
-            for n, d in zip(list(names), list(np.asarray(dirs).ravel())):
-                out[str(n)] = _dir_text(d)
-    return out
+def _directions(bundle: ModelBundle) -> dict[str, str]:
+    """Fused element -> 'higher'/'lower in metastatic' training slides, from the bundle's importance table."""
+    imp = bundle.importance
+    if "direction" not in imp.columns:
+        return {}
+    return {str(n): _dir_text(d) for n, d in zip(imp["element"], imp["direction"])}
 
 
 def _dir_text(d) -> str:
@@ -52,12 +37,12 @@ def _dir_text(d) -> str:
         return "–"
 
 
-def feature_table(bundle: Any, pred: Any, tile_index: int, k: int = 10) -> pd.DataFrame:
+def feature_table(bundle: ModelBundle, pred: Prediction, tile_index: int, k: int = 10) -> pd.DataFrame:
     """For the model's top features: the tile's value, its histogram bin (1..B), the bin edges and direction."""
     tiles = pred.tiles
-    fusion = _fusion(bundle)
-    fnames = list(getattr(fusion, "feature_names", []) or [])
-    edges_all = getattr(fusion, "edges_", None)
+    fusion = bundle.fusion
+    fnames = list(fusion.feature_names)
+    edges_all = fusion.edges_ if isinstance(fusion, HistogramFusion) else None
     dirs = _directions(bundle)
     rows, seen = [], set()
     for feat in slide_features(pred, k=4 * k):
@@ -162,8 +147,8 @@ class InspectTileWidget(QWidget):
         self.tile_index = tile_index
         x, y, s = (int(t[c].iloc[tile_index]) for c in ("x", "y", "size"))
         text = f"Tile {tile_index}: x={x}, y={y}, {s} px (level 0). Bins are the model's training-cohort histogram bins."
-        k = getattr(res.prediction, "key_tiles", None)
-        if isinstance(k, pd.DataFrame) and len(k) and "tile_index" in k.columns:
+        k = res.prediction.key_tiles
+        if len(k) and "tile_index" in k.columns:
             hit = k[k["tile_index"].astype(int) == int(tile_index)]
             if len(hit):
                 r = hit.iloc[0]

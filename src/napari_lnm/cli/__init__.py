@@ -9,9 +9,13 @@ are raised as :class:`napari_lnm.errors.UserError` subclasses and printed as one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from typing import Sequence
+import threading
+import warnings
+from typing import Iterator, Sequence
 
 from napari_lnm import __version__
 
@@ -27,14 +31,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-lnm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"napari_lnm.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"napari_lnm.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"napari_lnm.cli.{name}").add_parser(sub)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: stop at the next tile, keep finished outputs."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """User-facing warnings as one ``warning: ...`` line (no source location)."""
+    if issubclass(category, UserWarning):
+        print(f"napari-lnm: warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+@contextlib.contextmanager
+def _cli_signals() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` and warnings print as one line, while a command runs."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    warnings.showwarning = _one_line_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = _SHOW_WARNING
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _cli_signals():
+            return int(args.func(args) or 0)
+    except Terminated:
+        print(f"napari-lnm {args.command}: terminated; finished outputs were kept", file=sys.stderr)
+        return 143
     except UserError as exc:
         print(f"napari-lnm {args.command}: error: {exc}", file=sys.stderr)
         return 1
