@@ -62,17 +62,13 @@ def test_analyse_tile_with_labels(real_tile):
     np.testing.assert_array_equal(list(a.features.values()), list(b.features.values()))
 
 
-def test_tile_features_and_frame_use_segmentation(real_tile):
+def test_tile_features_use_segmentation(real_tile):
     f = F.tile_features(real_tile, 0.499)
     assert list(f) == F.feature_names()
     assert f["nucleus.count"] > 0
-    calls = []
-    df = F.features_frame([real_tile, np.full((64, 64, 3), 255, np.uint8)], 0.499,
-                          progress=lambda d, t, m: calls.append(d))
-    assert list(df.columns) == F.feature_names() and df.shape == (2, len(f))
-    np.testing.assert_array_equal(df.iloc[0].to_numpy(), np.array(list(f.values())))
-    assert calls == [1, 2]
-    assert df.loc[1, "nucleus.count"] == 0 and df.loc[1, "tile.background_fraction"] == 1.0
+    np.testing.assert_array_equal(list(f.values()), list(F.analyse_tile(real_tile, 0.499).features.values()))
+    blank = F.tile_features(np.full((64, 64, 3), 255, np.uint8), 0.499)
+    assert blank["nucleus.count"] == 0 and blank["tile.background_fraction"] == 1.0
 
 
 def test_blank_and_tiny_tiles_are_defined():
@@ -127,18 +123,3 @@ def test_features_doc_is_generated_and_current(tmp_path):
         assert f"| `{name}` |" in text
     doc = ROOT / "docs" / "features.md"
     assert doc.read_text(encoding="utf-8") == text, "docs/features.md is stale: run `napari-lnm features-doc`"
-
-
-def test_features_frame_cancel():
-    from napari_lnm.progress import Cancelled
-
-    tiles = [np.full((32, 32, 3), 255, np.uint8)] * 3
-    seen = []
-
-    def stop():
-        seen.append(1)
-        return len(seen) > 1
-
-    with pytest.raises(Cancelled):
-        F.features_frame(tiles, 0.5, should_stop=stop)
-    assert len(seen) == 2

@@ -165,7 +165,7 @@ def test_gradient_magnitude_is_the_plain_central_difference(shape):
 
 
 def test_work_arrays_are_per_thread():
-    """Reused work arrays (tile._scratch) must not leak between threads or between tile sizes."""
+    """Reused work arrays (tile.scratch) must not leak between threads or between tile sizes."""
     from concurrent.futures import ThreadPoolExecutor
 
     from napari_lnm.features import features_from_images

@@ -372,7 +372,6 @@ def analyse_tiles(slide: Any, tiles: pd.DataFrame, config: TilingConfig, *, keep
     """
     executor = executor or Inline()
     xs, ys = tiles["x"].to_numpy(), tiles["y"].to_numpy()
-    n = len(xs)
     path = slide if isinstance(slide, (str, os.PathLike)) else getattr(slide, "path", None)
     if executor.in_process or path is None or not os.path.isfile(str(path)):
         if isinstance(slide, (str, os.PathLike)):

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from napari_lnm.errors import SlideError, UserError
+from napari_lnm.errors import SlideError
 from napari_lnm.config import ALLOWED_MAGNIFICATIONS, ALLOWED_TILE_SIZES, SEGMENTATIONS, TilingConfig
 from napari_lnm.progress import ProgressFn, StopFn, check_stop, report
 

@@ -17,8 +17,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
 from napari_lnm.errors import UserError
 
 HELP = "synthetic cohort -> features -> nested CV + XGBoost -> prediction on the bundled real slide"

@@ -10,7 +10,6 @@ intensities in OD, so tiles at any magnification are comparable.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -26,7 +25,6 @@ __all__ = [
     "TileAnalysis",
     "analyse_tile",
     "tile_features",
-    "features_frame",
     "feature_names",
     "feature_catalog",
     "features_from_images",
@@ -82,8 +80,8 @@ def features_from_images(
     if h.shape != labels.shape:
         raise UserError(f"labels shape {labels.shape} does not match the image shape {h.shape}")
     # gradients into reused per-thread work arrays (they do not leave this function)
-    gh = _tile.gradient_magnitude(h, mpp, out=_tile._scratch("features_grad_h", h.size, np.float32).reshape(h.shape))
-    ge = _tile.gradient_magnitude(e, mpp, out=_tile._scratch("features_grad_e", e.size, np.float32).reshape(e.shape))
+    gh = _tile.gradient_magnitude(h, mpp, out=_tile.scratch("features_grad_h", h.size, np.float32).reshape(h.shape))
+    ge = _tile.gradient_magnitude(e, mpp, out=_tile.scratch("features_grad_e", e.size, np.float32).reshape(e.shape))
     feats = _tile.tile_group_features(h, e, mpp, grads=(gh, ge))
     table = _nucleus.nucleus_table(labels, mpp, h, gh)
     feats.update(_nucleus.nucleus_features(labels, mpp, table=table))
@@ -117,18 +115,3 @@ def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None,
 def tile_features(rgb: np.ndarray, mpp: float, segmentation: str = "threshold") -> dict[str, float]:
     """All features of one RGB uint8 tile at ``mpp`` µm/px, keys in ``feature_names()`` order (NaN where undefined)."""
     return analyse_tile(rgb, mpp, segmentation=segmentation).features
-
-
-def features_frame(tiles: Sequence[np.ndarray], mpp: float, progress=None, should_stop=None):
-    """Features of many RGB tiles at ``mpp`` µm/px as a pandas DataFrame, one row per tile, columns ``feature_names()``."""
-    import pandas as pd
-
-    from napari_lnm.progress import check_stop, report
-
-    rows = np.full((len(tiles), len(_NAMES)), np.nan)
-    for i, rgb in enumerate(tiles):
-        check_stop(should_stop)
-        f = tile_features(rgb, mpp)
-        rows[i] = [f[k] for k in _NAMES]
-        report(progress, i + 1, len(tiles), "tile features")
-    return pd.DataFrame(rows, columns=list(_NAMES))

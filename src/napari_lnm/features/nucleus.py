@@ -29,7 +29,7 @@ from napari_lnm.errors import UserError
 
 from .catalog import SUMMARY_STATS, FeatureInfo, summarise_matrix, summary_infos
 from .tile import H_RANGE as _TILE_H_RANGE
-from .tile import _scratch, gradient_magnitude
+from .tile import scratch, gradient_magnitude
 
 __all__ = [
     "NucleusTable",
@@ -132,13 +132,13 @@ def nucleus_table(
     if flat.size == 0 or not flat.any():
         return NucleusTable(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, nmeas)), tuple(m[0] for m in MEASURES))
 
-    # compact labels 1..n. The per-pixel temporaries live in reused per-thread work arrays (``_scratch``):
+    # compact labels 1..n. The per-pixel temporaries live in reused per-thread work arrays (``scratch``):
     # fresh ones of ~0.5 MB each cost page faults under glibc's default malloc settings.
     fg = np.flatnonzero(flat != 0)  # (a boolean mask is ~3x faster to scan than the labels)
     nf = fg.size
 
     def work(name: str, dtype, size: int = nf) -> np.ndarray:
-        return _scratch("nucleus_" + name, size, dtype)
+        return scratch("nucleus_" + name, size, dtype)
 
     if flat.dtype.kind in "iu":
         lab_fg = np.take(flat, fg, out=work("labfg", flat.dtype))
@@ -160,7 +160,7 @@ def nucleus_table(
     # zero-padded compact label image; same-label 4-neighbours of every foreground pixel (the right and
     # down ones are also the H texture pairs)
     pw = ncol + 2
-    pflat = _scratch("nucleus_pad", (nrow + 2) * pw, np.int32)  # reused work array: no page faults
+    pflat = scratch("nucleus_pad", (nrow + 2) * pw, np.int32)  # reused work array: no page faults
     pflat.fill(0)
     pidx = np.floor_divide(fg, ncol, out=work("pidx", np.int64))
     pidx *= 2
@@ -237,7 +237,7 @@ def nucleus_table(
     nb = int(np.count_nonzero(bsel))
     bidx = np.compress(bsel, pidx, out=work("bidx", np.int64, nb))
     blbl = np.compress(bsel, lbl, out=work("blbl", np.int64, nb))
-    bpad = _scratch("nucleus_bpad", pflat.size, np.int32)  # compact labels of the border pixels only
+    bpad = scratch("nucleus_bpad", pflat.size, np.int32)  # compact labels of the border pixels only
     bpad.fill(0)
     bpad[bidx] = blbl
     n4 = np.zeros(nb, dtype=np.uint8)  # same-label border pixels among the 4 / diagonal neighbours
@@ -334,7 +334,7 @@ def nucleus_table(
             ent = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
         # co-occurrence texture within the nucleus: right and down neighbours with the same label, read
         # from H on the padded grid (only foreground pixels set: other neighbours are masked out)
-        hpad = _scratch("nucleus_hpad", pflat.size, np.float32)
+        hpad = scratch("nucleus_hpad", pflat.size, np.float32)
         hpad.fill(0)
         hpad[pidx] = hv32
         g32 = work("g32", np.float32)

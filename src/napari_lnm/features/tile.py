@@ -17,7 +17,7 @@ from napari_lnm.errors import UserError
 
 from .catalog import FeatureInfo
 
-__all__ = ["tile_group_features", "gradient_magnitude", "CATALOG", "H_RANGE", "E_RANGE", "GLCM_DISTANCES_UM"]
+__all__ = ["tile_group_features", "gradient_magnitude", "scratch", "CATALOG", "H_RANGE", "E_RANGE", "GLCM_DISTANCES_UM"]
 
 GROUP = "tile"
 #: Fixed quantisation ranges of the concentrations (OD); values above are clipped to the top level.
@@ -85,7 +85,7 @@ _SCRATCH = _Scratch()
 _SCRATCH_MAX_BYTES = 32 * 2**20  # larger work arrays (huge tiles) are not kept
 
 
-def _scratch(name: str, n: int, dtype) -> np.ndarray:
+def scratch(name: str, n: int, dtype) -> np.ndarray:
     """A 1-D work array of ``n`` elements (contents undefined), reused per thread under ``name``.
 
     Each name has one user at a time: callers must not hold an array across a call that may use the same name.
@@ -148,7 +148,7 @@ def gradient_magnitude(img: np.ndarray, mpp: float, out: np.ndarray | None = Non
     float32 array of the image's shape, when given)."""
     a = np.asarray(img, dtype=np.float32)
     gr = np.empty_like(a) if out is None else out
-    gc = _scratch("grad_c", a.size, np.float32).reshape(a.shape)
+    gc = scratch("grad_c", a.size, np.float32).reshape(a.shape)
     # full differences; the 1/2 of the central difference is applied at the end with 1/mpp (a power of
     # two, so every intermediate is the same number scaled by 2 or 4 and the result is bit-identical)
     if a.shape[0] > 2:
@@ -176,7 +176,7 @@ def _quantise(x: np.ndarray, lo: float, hi: float, bins: int, out: np.ndarray | 
 
     ``out``: a 1-D intp array of ``x.size`` elements to write the indices into (else a new array).
     """
-    t = _scratch("quantise_t", x.size, np.float32)
+    t = scratch("quantise_t", x.size, np.float32)
     np.subtract(x.ravel(), np.float32(lo), out=t)
     t *= np.float32(bins / (hi - lo))
     idx = np.empty(x.size, dtype=np.intp) if out is None else out
@@ -203,17 +203,13 @@ def _quantiles_from_counts(counts: np.ndarray, lo: float, hi: float, qs: tuple[f
 
 def _hist_quantiles(x: np.ndarray, lo: float, hi: float, qs: tuple[float, ...], bins: int = _HIST_BINS) -> tuple[np.ndarray, np.ndarray]:
     """Quantiles of ``x`` from a ``bins``-bin histogram over [lo, hi] (linear inside a bin); returns (quantiles, counts)."""
-    counts = np.bincount(_quantise(x, lo, hi, bins, out=_scratch("hist_idx", x.size, np.intp)), minlength=bins)
+    counts = np.bincount(_quantise(x, lo, hi, bins, out=scratch("hist_idx", x.size, np.intp)), minlength=bins)
     return _quantiles_from_counts(counts, lo, hi, qs), counts
 
 
-def _moments(x: np.ndarray) -> tuple[float, float, float, float]:
-    """Mean, std, skewness and excess kurtosis of an array (NaN skew/kurtosis for a constant image)."""
-    return _moments_inplace(x.astype(np.float64).ravel())
-
-
 def _moments_inplace(d: np.ndarray, work: np.ndarray | None = None) -> tuple[float, float, float, float]:
-    """``_moments`` of a 1-D float64 array, which it overwrites (with its deviations from the mean);
+    """Mean, std, skewness and excess kurtosis (NaN skew/kurtosis when constant) of a 1-D float64 array,
+    which it overwrites (with its deviations from the mean);
     ``work``: a float64 array of the same size for the squared deviations (else a new one)."""
     m = float(d.mean())
     d -= m
@@ -279,7 +275,7 @@ def glcm_counts(q: np.ndarray, distance_px: int, levels: int, stride: int = GLCM
         c0, c1 = max(0, -dc), nc - max(0, dc)
         ref = q[: nr - dr : stride, c0:c1:stride]
         nb = q[dr::stride, c0 + dc : c1 + dc : stride][: ref.shape[0], : ref.shape[1]]
-        code = _scratch("glcm_code", ref.size, np.intp).reshape(ref.shape)
+        code = scratch("glcm_code", ref.size, np.intp).reshape(ref.shape)
         np.multiply(ref, levels, out=code)
         code += nb
         cnt = np.bincount(code.ravel(), minlength=levels * levels).reshape(levels, levels)
@@ -325,7 +321,7 @@ def _region_pair_features(hpos: np.ndarray, epos: np.ndarray, mpp: float, tile_m
     (``ndi.label`` with a preallocated output: a labelling that allocates its output, as skimage's one
     pass over both masks does, costs more in page faults than it saves under glibc's default malloc.)
     """
-    lab = _scratch("tile_regions", hpos.size, np.intp).reshape(hpos.shape)
+    lab = scratch("tile_regions", hpos.size, np.intp).reshape(hpos.shape)
     return [*_region_features(hpos, mpp, tile_mm2, lab), *_region_features(epos, mpp, tile_mm2, lab)]
 
 
@@ -346,12 +342,12 @@ def tile_group_features(
     glcm_vals: list[float] = []
     npx = h.size
     bg = (h + e) < np.float32(BACKGROUND_OD)
-    stained = _scratch("tile_w64", npx, np.float64)  # 0/1 weights: float64 dot products are masked sums
+    stained = scratch("tile_w64", npx, np.float64)  # 0/1 weights: float64 dot products are masked sums
     np.logical_not(bg.ravel(), out=stained, casting="unsafe")
-    x64 = _scratch("tile_x64", npx, np.float64)
-    work = _scratch("tile_work64", npx, np.float64)
-    idx = _scratch("tile_idx", npx, np.intp)
-    q16 = _scratch("tile_q16", npx, np.uint16).reshape(h.shape)
+    x64 = scratch("tile_x64", npx, np.float64)
+    work = scratch("tile_work64", npx, np.float64)
+    idx = scratch("tile_idx", npx, np.intp)
+    q16 = scratch("tile_q16", npx, np.uint16).reshape(h.shape)
     shift = _HIST_BINS.bit_length() - GLCM_LEVELS.bit_length()
     stained_sum = []
     for img, (_k, _s, rng) in zip((h, e), _STAINS):
