@@ -298,14 +298,36 @@ def key_tiles(
     for col in ("x", "y", "size"):
         if col not in tiles_df.columns:
             raise ValueError(f"tiles table lacks column {col!r}")
+    c = _usable_elements(tiles_df, contributions_df)
+    if c.empty:
+        return empty
+    chosen, effect = _choose_elements(c, max_elements)
+    scores = _score_tiles(tiles_df, chosen, effect, _top_bins(c, n_bins), extreme_q, n_bins)
+    top = _pick_tiles(tiles_df, scores, n)
+    if top.size == 0:
+        return empty
+    rows = [
+        _key_tile_row(tiles_df, int(i), rank, chosen.iloc[scores.best[i]], scores.descr[scores.best[i]],
+                      float(scores.score[i]), effect, units)
+        for rank, i in enumerate(top, start=1)
+    ]
+    return pd.DataFrame(rows, columns=KEY_TILE_COLUMNS)
+
+
+def _usable_elements(tiles_df: pd.DataFrame, contributions_df: pd.DataFrame) -> pd.DataFrame:
+    """The elements with a finite, non-zero contribution (log-odds) whose feature is a tile column."""
     c = contributions_df.copy()
     if "feature" not in c.columns:
         c["feature"] = c["element"].astype(str).str.split("|").str[0]
     c = c[c["feature"].isin(tiles_df.columns) & np.isfinite(c["contribution"].astype(float))]
-    c = c[c["contribution"].astype(float) != 0.0]
-    if c.empty:
-        return empty
+    return c[c["contribution"].astype(float) != 0.0]
 
+
+def _choose_elements(c: pd.DataFrame, max_elements: int) -> tuple[pd.DataFrame, str]:
+    """The elements to explain, strongest first (``_abs`` = |contribution|, log-odds), and their effect text.
+
+    The elements raising risk when there are any, else all of them ("lowers risk").
+    """
     contrib = c["contribution"].astype(float)
     up = c[contrib > 0].assign(_abs=contrib[contrib > 0])
     if not up.empty:
@@ -321,71 +343,104 @@ def key_tiles(
     else:
         effect = "lowers risk"
         chosen = c.assign(_abs=contrib.abs()).sort_values("_abs", ascending=False, kind="mergesort")
-    chosen = chosen.head(max_elements).reset_index(drop=True)
+    return chosen.head(max_elements).reset_index(drop=True), effect
 
-    n_tiles = len(tiles_df)
-    score = np.zeros(n_tiles)
-    best = np.full(n_tiles, -1, dtype=int)
-    best_w = np.zeros(n_tiles)
-    extremity = np.zeros(n_tiles)  # tie-break: how far each tile lies in its elements' risk direction
-    top_bin = _top_bins(c, n_bins)
-    descr: list[str] = []
+
+class _TileScores:
+    """Per-tile sums over the chosen elements that hit the tile, and each element's hit text."""
+
+    def __init__(self, n_tiles: int) -> None:
+        self.score = np.zeros(n_tiles)  # summed |contribution| (log-odds)
+        self.best = np.full(n_tiles, -1, dtype=int)  # row in ``chosen`` of the tile's own reason
+        self.best_w = np.zeros(n_tiles)  # that element's per-tile share (log-odds per tile)
+        self.extremity = np.zeros(n_tiles)  # tie-break: how far the tile lies in its elements' risk direction
+        self.descr: list[str] = []  # per chosen element: its bin or extreme in words
+
+
+def _score_tiles(
+    tiles_df: pd.DataFrame,
+    chosen: pd.DataFrame,
+    effect: str,
+    top_bin: Mapping[str, int],
+    extreme_q: float,
+    n_bins: Optional[int],
+) -> _TileScores:
+    """Each tile's summed contribution (log-odds) of the chosen elements it hits, its extremity and own reason."""
+    s = _TileScores(len(tiles_df))
     for j, row in chosen.iterrows():
         vals = tiles_df[row["feature"]].to_numpy(dtype=float)
         risk_sign = element_direction(row) * (1 if effect == "raises risk" else -1)
         hit, text = _hits(vals, row, risk_sign, extreme_q, n_bins)
-        descr.append(text)
+        s.descr.append(text)
         w = float(row["_abs"])
-        score[hit] += w
-        extremity[hit] += w * _risk_rank(vals, _value_direction(row, risk_sign, top_bin))[hit]
+        s.score[hit] += w
+        s.extremity[hit] += w * _risk_rank(vals, _value_direction(row, risk_sign, top_bin))[hit]
         # a tile's own reason: the hit element with the largest per-tile share of its contribution
         # (an element whose bin holds most tiles says little about any one of them)
         share = w / max(int(hit.sum()), 1)
-        better = hit & (share > best_w)
-        best[better] = j
-        best_w[better] = share
-    cand = np.flatnonzero(score > 0)
+        better = hit & (share > s.best_w)
+        s.best[better] = j
+        s.best_w[better] = share
+    return s
+
+
+def _pick_tiles(tiles_df: pd.DataFrame, s: _TileScores, n: int) -> np.ndarray:
+    """Row positions of the best ``n`` hit tiles, best first (empty when no tile is hit)."""
+    cand = np.flatnonzero(s.score > 0)
     if cand.size == 0:
-        return empty
+        return cand
+    n_tiles = len(tiles_df)
     tf = tiles_df["tissue_fraction"].to_numpy(dtype=float) if "tissue_fraction" in tiles_df else np.zeros(n_tiles)
     tf = np.nan_to_num(tf)
     # rank: summed contribution, then extremity in the risk direction, most specific element,
     # tissue, position (deterministic)
-    order = np.lexsort((cand, -tf[cand], -best_w[cand], -np.round(extremity[cand], 12), -np.round(score[cand], 12)))
-    top = cand[order][:n]
+    order = np.lexsort(
+        (cand, -tf[cand], -s.best_w[cand], -np.round(s.extremity[cand], 12), -np.round(s.score[cand], 12))
+    )
+    return cand[order][:n]
 
-    rows = []
-    for rank, i in enumerate(top, start=1):
-        el = chosen.iloc[best[i]]
-        feat = str(el["feature"])
-        kind = feature_kind(feat)
-        value = float(tiles_df[feat].iloc[i])
-        unit = feature_unit(feat, units)
-        vtxt = f"{format_number(value)} {unit}".rstrip()
-        text = descr[best[i]]
-        if effect == "raises risk":
-            tail = "higher in metastatic" if element_direction(el) >= 0 else "lower in metastatic"
-        else:
-            tail = "lowers risk"
-        reason = f"{feat} = {vtxt} {text}, {tail}".replace("  ", " ")
-        b = _bin_index(el)
-        rows.append({
-            "rank": rank,
-            "x": int(tiles_df["x"].iloc[i]),
-            "y": int(tiles_df["y"].iloc[i]),
-            "size": int(tiles_df["size"].iloc[i]),
-            "kind": kind,
-            "colour": KIND_COLOURS[kind],
-            "feature": feat,
-            "element": str(el.get("element", feat)),
-            "bin": b if b is not None else 0,
-            "value": value,
-            "score": float(score[i]) if effect == "raises risk" else -float(score[i]),
-            "effect": effect,
-            "reason": reason,
-            "tile_index": int(i),
-        })
-    return pd.DataFrame(rows, columns=KEY_TILE_COLUMNS)
+
+def _key_tile_row(
+    tiles_df: pd.DataFrame,
+    i: int,
+    rank: int,
+    el: pd.Series,
+    text: str,
+    score: float,
+    effect: str,
+    units: Optional[Mapping[str, str]],
+) -> dict[str, Any]:
+    """One :data:`KEY_TILE_COLUMNS` row for tile ``i``, explained by its own element ``el`` (score in log-odds)."""
+    feat = str(el["feature"])
+    kind = feature_kind(feat)
+    value = float(tiles_df[feat].iloc[i])
+    b = _bin_index(el)
+    return {
+        "rank": rank,
+        "x": int(tiles_df["x"].iloc[i]),
+        "y": int(tiles_df["y"].iloc[i]),
+        "size": int(tiles_df["size"].iloc[i]),
+        "kind": kind,
+        "colour": KIND_COLOURS[kind],
+        "feature": feat,
+        "element": str(el.get("element", feat)),
+        "bin": b if b is not None else 0,
+        "value": value,
+        "score": score if effect == "raises risk" else -score,
+        "effect": effect,
+        "reason": _reason_text(feat, value, feature_unit(feat, units), text, el, effect),
+        "tile_index": int(i),
+    }
+
+
+def _reason_text(feat: str, value: float, unit: str, text: str, el: pd.Series, effect: str) -> str:
+    """A tile's reason in words: its feature value with unit, the element's bin or extreme, and the effect."""
+    vtxt = f"{format_number(value)} {unit}".rstrip()
+    if effect == "raises risk":
+        tail = "higher in metastatic" if element_direction(el) >= 0 else "lower in metastatic"
+    else:
+        tail = "lowers risk"
+    return f"{feat} = {vtxt} {text}, {tail}".replace("  ", " ")
 
 
 # --------------------------------------------------------------------------- a slide's explanation

@@ -115,6 +115,106 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
     return lab
 
 
+def _work(name: str, dtype, size: int) -> np.ndarray:
+    """Reused per-thread work array ``nucleus_<name>`` (contents undefined).
+
+    Per-pixel temporaries live in these: fresh ones of ~0.5 MB each cost page faults under glibc's
+    default malloc settings.
+    """
+    return scratch("nucleus_" + name, size, dtype)
+
+
+@dataclass
+class _Grid:
+    """Compact labels of the foreground pixels and their places on the zero-padded label grid.
+
+    Pixel arrays hold one entry per foreground pixel in raster order; ``pidx`` is each pixel's flat index
+    on the padded grid, ``(row + 1) * pw + (col + 1)``.
+    """
+
+    shape: tuple[int, int]  # label image (rows, cols)
+    fg: np.ndarray  # flat raster index of every foreground pixel
+    lbl: np.ndarray  # compact label 1..n of every foreground pixel
+    ids: np.ndarray  # original label of compact label k at k - 1
+    pw: int  # padded row width, cols + 2
+    pflat: np.ndarray  # padded grid of compact labels (0: background and padding)
+    pidx: np.ndarray
+    i_r: np.ndarray  # padded index of the right neighbour
+    i_d: np.ndarray  # padded index of the down neighbour
+    same_l: np.ndarray  # the left / right / down neighbour has the same label
+    same_r: np.ndarray
+    same_d: np.ndarray
+    interior: np.ndarray  # all four 4-neighbours have the same label
+    tmp_i: np.ndarray  # free int64 work array, one entry per foreground pixel
+
+    @property
+    def n(self) -> int:
+        """Number of nuclei."""
+        return int(self.ids.size)
+
+    @property
+    def m1(self) -> int:
+        """Length of a per-label ``np.bincount`` (entry 0 = background)."""
+        return self.n + 1
+
+
+@dataclass
+class _Runs:
+    """Horizontal runs of each label: compact label, row, first and last column, length (all px)."""
+
+    lbl: np.ndarray
+    r: np.ndarray
+    cs: np.ndarray
+    ce: np.ndarray
+    length: np.ndarray
+
+
+@dataclass
+class _Moments:
+    """Area (px²), centroid (row/col px) and central second moments per unit area (px²) of every nucleus."""
+
+    area_px: np.ndarray
+    cr: np.ndarray
+    cc: np.ndarray
+    vrr: np.ndarray
+    vcc: np.ndarray
+    vrc: np.ndarray
+
+
+@dataclass
+class _Ellipse:
+    """Axes (px) of the moment-equivalent ellipse, eccentricity and minor/major ratio (1) of every nucleus."""
+
+    major: np.ndarray
+    minor: np.ndarray
+    ecc: np.ndarray
+    aspect: np.ndarray
+
+
+@dataclass
+class _Boxes:
+    """Inclusive bounding boxes (px) of every nucleus."""
+
+    rmin: np.ndarray
+    rmax: np.ndarray
+    cmin: np.ndarray
+    cmax: np.ndarray
+
+
+@dataclass
+class _Border:
+    """Border pixels (not 4-interior) of every nucleus: padded-grid index, compact label, and a free work array."""
+
+    idx: np.ndarray
+    lbl: np.ndarray
+    tmp: np.ndarray  # int64, one entry per border pixel
+
+    @property
+    def nb(self) -> int:
+        """Number of border pixels."""
+        return int(self.idx.size)
+
+
 def nucleus_table(
     labels: np.ndarray,
     mpp: float,
@@ -126,22 +226,48 @@ def nucleus_table(
     mpp = float(mpp)
     if not mpp > 0:
         raise UserError(f"mpp must be > 0 µm/px, got {mpp}")
-    nrow, ncol = lab.shape
+    columns = tuple(m[0] for m in MEASURES)
     flat = lab.ravel()
-    nmeas = len(MEASURES)
     if flat.size == 0 or not flat.any():
-        return NucleusTable(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, nmeas)), tuple(m[0] for m in MEASURES))
+        return NucleusTable(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros((0, len(MEASURES))), columns)
 
-    # compact labels 1..n. The per-pixel temporaries live in reused per-thread work arrays (``scratch``):
-    # fresh ones of ~0.5 MB each cost page faults under glibc's default malloc settings.
+    grid = _padded_grid(lab.shape, *_compact_labels(flat))
+    runs = _label_runs(grid)
+    mom = _run_moments(runs, grid)
+    ell = _ellipse(mom)
+    box = _bounding_boxes(runs, grid)
+    border = _border_pixels(grid)
+    perim_px = _perimeter_px(grid, border)
+    solidity = mom.area_px / np.maximum(_convex_area_px(runs, box, grid), mom.area_px)
+    fourier = _fourier_descriptors(grid, border, mom)
+    hcols = _h_columns(grid, runs, mom.area_px, mpp, h, h_grad)
+
+    area = mom.area_px * mpp * mpp
+    values = np.column_stack(
+        [
+            area,
+            perim_px * mpp,
+            np.sqrt(4.0 * area / np.pi),
+            ell.major * mpp,
+            ell.minor * mpp,
+            ell.aspect,
+            ell.ecc,
+            solidity,
+            _circularity(mom.area_px, perim_px),
+            _extent(mom.area_px, box),
+            fourier,
+            hcols,
+        ]
+    )
+    return NucleusTable(grid.ids.astype(np.int64), np.column_stack([mom.cr, mom.cc]), values, columns)
+
+
+def _compact_labels(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Foreground pixels' flat indices, their compact labels 1..n (raster order) and the original labels."""
     fg = np.flatnonzero(flat != 0)  # (a boolean mask is ~3x faster to scan than the labels)
     nf = fg.size
-
-    def work(name: str, dtype, size: int = nf) -> np.ndarray:
-        return scratch("nucleus_" + name, size, dtype)
-
     if flat.dtype.kind in "iu":
-        lab_fg = np.take(flat, fg, out=work("labfg", flat.dtype))
+        lab_fg = np.take(flat, fg, out=_work("labfg", flat.dtype, nf))
     else:
         lab_fg = flat[fg].astype(np.int64)
     maxlab = int(lab_fg.max())
@@ -151,26 +277,30 @@ def nucleus_table(
         ids = np.flatnonzero(present)
         lut = np.zeros(maxlab + 1, dtype=np.int64)
         lut[ids] = np.arange(1, ids.size + 1)
-        lbl = np.take(lut, lab_fg, out=work("lbl", np.int64))  # 1..n for every foreground pixel (raster order)
+        lbl = np.take(lut, lab_fg, out=_work("lbl", np.int64, nf))
     else:  # sparse, huge label values
         ids, inv = np.unique(lab_fg, return_inverse=True)
         lbl = inv.reshape(-1) + 1
-    n = ids.size
-    m1 = n + 1
-    # zero-padded compact label image; same-label 4-neighbours of every foreground pixel (the right and
-    # down ones are also the H texture pairs)
+    return fg, lbl, ids
+
+
+def _padded_grid(shape: tuple[int, int], fg: np.ndarray, lbl: np.ndarray, ids: np.ndarray) -> _Grid:
+    """Zero-padded compact label image and the same-label 4-neighbour masks of every foreground pixel (px)."""
+    nrow, ncol = shape
+    nf = fg.size
     pw = ncol + 2
-    pflat = scratch("nucleus_pad", (nrow + 2) * pw, np.int32)  # reused work array: no page faults
+    pflat = _work("pad", np.int32, (nrow + 2) * pw)
     pflat.fill(0)
-    pidx = np.floor_divide(fg, ncol, out=work("pidx", np.int64))
+    pidx = np.floor_divide(fg, ncol, out=_work("pidx", np.int64, nf))
     pidx *= 2
     pidx += fg
     pidx += pw + 1  # (row + 1) * pw + (col + 1)
     pflat[pidx] = lbl
-    i_r = np.add(pidx, 1, out=work("i_r", np.int64))
-    i_d = np.add(pidx, pw, out=work("i_d", np.int64))
-    tmp_i = work("tmp_i", np.int64)
-    tmp_l = work("tmp_l", np.int32)
+    # the right and down neighbours are also the H texture pairs
+    i_r = np.add(pidx, 1, out=_work("i_r", np.int64, nf))
+    i_d = np.add(pidx, pw, out=_work("i_d", np.int64, nf))
+    tmp_i = _work("tmp_i", np.int64, nf)
+    tmp_l = _work("tmp_l", np.int32, nf)
 
     def same_label_at(index: np.ndarray) -> np.ndarray:
         """Whether the padded-grid pixel at ``index`` has the same compact label as the pixel."""
@@ -182,34 +312,51 @@ def nucleus_table(
     interior = same_r & same_d
     interior &= same_l
     interior &= same_label_at(np.subtract(pidx, pw, out=tmp_i))
+    return _Grid(shape, fg, lbl, ids, pw, pflat, pidx, i_r, i_d, same_l, same_r, same_d, interior, tmp_i)
 
-    # horizontal runs of each label: moments, bounding boxes and row extremes from closed-form run sums
-    # (all integer sums, exact in float64, so they equal the per-pixel sums bit for bit)
-    run_s = fg[~same_l]
-    run_e = fg[~same_r]
-    run_lbl = lbl[~same_l]
-    run_r = run_s // ncol
-    run_cs = run_s - run_r * ncol
-    run_ce = run_e - run_r * ncol
-    run_len = run_ce - run_cs + 1
-    sum_c = (run_cs + run_ce) * run_len // 2
-    sum_cc = (run_ce * (run_ce + 1) * (2 * run_ce + 1) - (run_cs - 1) * run_cs * (2 * run_cs - 1)) // 6
-    area_px = np.bincount(run_lbl, run_len, m1)[1:]
-    s_r = np.bincount(run_lbl, run_r * run_len, m1)[1:]
-    s_c = np.bincount(run_lbl, sum_c, m1)[1:]
-    s_rr = np.bincount(run_lbl, run_r * run_r * run_len, m1)[1:]
-    s_cc = np.bincount(run_lbl, sum_cc, m1)[1:]
-    s_rc = np.bincount(run_lbl, run_r * sum_c, m1)[1:]
+
+def _label_runs(g: _Grid) -> _Runs:
+    """Horizontal runs of every label (row, first / last column, length in px), in raster order."""
+    ncol = g.shape[1]
+    run_s = g.fg[~g.same_l]
+    run_e = g.fg[~g.same_r]
+    r = run_s // ncol
+    cs = run_s - r * ncol
+    ce = run_e - r * ncol
+    return _Runs(g.lbl[~g.same_l], r, cs, ce, ce - cs + 1)
+
+
+def _run_moments(runs: _Runs, g: _Grid) -> _Moments:
+    """Area (px²), centroid (px) and central second moments (px²) from closed-form run sums.
+
+    The run sums are integer sums, exact in float64, so they equal the per-pixel sums bit for bit.
+    """
+    nrow, ncol = g.shape
+    m1 = g.m1
+    rl, r, cs, ce, ln = runs.lbl, runs.r, runs.cs, runs.ce, runs.length
+    sum_c = (cs + ce) * ln // 2
+    sum_cc = (ce * (ce + 1) * (2 * ce + 1) - (cs - 1) * cs * (2 * cs - 1)) // 6
+    area_px = np.bincount(rl, ln, m1)[1:]
+    s_r = np.bincount(rl, r * ln, m1)[1:]
+    s_c = np.bincount(rl, sum_c, m1)[1:]
+    s_rr = np.bincount(rl, r * r * ln, m1)[1:]
+    s_cc = np.bincount(rl, sum_cc, m1)[1:]
+    s_rc = np.bincount(rl, r * sum_c, m1)[1:]
     # coordinates relative to the tile centre keep the raw second moments well conditioned
     r0, c0 = 0.5 * (nrow - 1), 0.5 * (ncol - 1)
     cr = (s_r - r0 * area_px) / area_px
     cc = (s_c - c0 * area_px) / area_px
-    # central second moments (per unit area) from raw moments
     vrr = np.maximum((s_rr - 2.0 * r0 * s_r + r0 * r0 * area_px) / area_px - cr * cr, 0.0)
     vcc = np.maximum((s_cc - 2.0 * c0 * s_c + c0 * c0 * area_px) / area_px - cc * cc, 0.0)
     vrc = (s_rc - c0 * s_r - r0 * s_c + r0 * c0 * area_px) / area_px - cr * cc
     cr += r0
     cc += c0
+    return _Moments(area_px, cr, cc, vrr, vcc, vrc)
+
+
+def _ellipse(mom: _Moments) -> _Ellipse:
+    """Major / minor axis (px, ``4 sqrt(lambda)``), eccentricity and aspect ratio (1) from the second moments."""
+    vrr, vcc, vrc = mom.vrr, mom.vcc, mom.vrc
     half_tr = 0.5 * (vrr + vcc)
     disc = np.sqrt(np.maximum(0.25 * (vrr - vcc) ** 2 + vrc**2, 0.0))
     l1 = np.maximum(half_tr + disc, 0.0)
@@ -219,50 +366,75 @@ def nucleus_table(
     with np.errstate(divide="ignore", invalid="ignore"):
         ecc = np.where(l1 > 0, np.sqrt(np.clip(1.0 - l2 / np.where(l1 > 0, l1, 1.0), 0.0, 1.0)), 0.0)
         aspect = np.where(major > 0, minor / np.where(major > 0, major, 1.0), np.nan)
+    return _Ellipse(major, minor, ecc, aspect)
 
-    # bounding boxes
+
+def _bounding_boxes(runs: _Runs, g: _Grid) -> _Boxes:
+    """Inclusive row / column bounds (px) of every nucleus, from its runs."""
+    nrow, ncol = g.shape
+    m1 = g.m1
     rmin = np.full(m1, nrow, np.int64)
     rmax = np.full(m1, -1, np.int64)
     cmin = np.full(m1, ncol, np.int64)
     cmax = np.full(m1, -1, np.int64)
-    np.minimum.at(rmin, run_lbl, run_r)
-    np.maximum.at(rmax, run_lbl, run_r)
-    np.minimum.at(cmin, run_lbl, run_cs)
-    np.maximum.at(cmax, run_lbl, run_ce)
-    rmin, rmax, cmin, cmax = rmin[1:], rmax[1:], cmin[1:], cmax[1:]
-    extent = area_px / ((rmax - rmin + 1) * (cmax - cmin + 1))
+    np.minimum.at(rmin, runs.lbl, runs.r)
+    np.maximum.at(rmax, runs.lbl, runs.r)
+    np.minimum.at(cmin, runs.lbl, runs.cs)
+    np.maximum.at(cmax, runs.lbl, runs.ce)
+    return _Boxes(rmin[1:], rmax[1:], cmin[1:], cmax[1:])
 
-    # border pixels (4-neighbourhood erosion per label) and their Benkrid & Crookes perimeter codes
-    bsel = ~interior
+
+def _extent(area_px: np.ndarray, box: _Boxes) -> np.ndarray:
+    """Extent (1): area / bounding-box area, both in px²."""
+    return area_px / ((box.rmax - box.rmin + 1) * (box.cmax - box.cmin + 1))
+
+
+def _border_pixels(g: _Grid) -> _Border:
+    """Border pixels of every nucleus (4-neighbourhood erosion per label): padded-grid index and label."""
+    bsel = ~g.interior
     nb = int(np.count_nonzero(bsel))
-    bidx = np.compress(bsel, pidx, out=work("bidx", np.int64, nb))
-    blbl = np.compress(bsel, lbl, out=work("blbl", np.int64, nb))
-    bpad = scratch("nucleus_bpad", pflat.size, np.int32)  # compact labels of the border pixels only
+    bidx = np.compress(bsel, g.pidx, out=_work("bidx", np.int64, nb))
+    blbl = np.compress(bsel, g.lbl, out=_work("blbl", np.int64, nb))
+    return _Border(bidx, blbl, _work("tmp_b", np.int64, nb))
+
+
+def _perimeter_px(g: _Grid, b: _Border) -> np.ndarray:
+    """Perimeter (px) of every nucleus: Benkrid & Crookes weights of its border pixels' codes."""
+    nb = b.nb
+    bpad = _work("bpad", np.int32, g.pflat.size)  # compact labels of the border pixels only
     bpad.fill(0)
-    bpad[bidx] = blbl
+    bpad[b.idx] = b.lbl
     n4 = np.zeros(nb, dtype=np.uint8)  # same-label border pixels among the 4 / diagonal neighbours
     nd = np.zeros(nb, dtype=np.uint8)
-    tmp_b = work("tmp_b", np.int64, nb)
-    tmp_bl = work("tmp_bl", np.int32, nb)
+    tmp_b = b.tmp
+    tmp_bl = _work("tmp_bl", np.int32, nb)
+    pw = g.pw
     for off, cnt in ((1, n4), (-1, n4), (pw, n4), (-pw, n4), (pw + 1, nd), (pw - 1, nd), (-pw + 1, nd), (-pw - 1, nd)):
-        cnt += np.take(bpad, np.add(bidx, off, out=tmp_b), out=tmp_bl) == blbl
-    code = np.multiply(n4, 2, out=work("code", np.intp, nb))
+        cnt += np.take(bpad, np.add(b.idx, off, out=tmp_b), out=tmp_bl) == b.lbl
+    code = np.multiply(n4, 2, out=_work("code", np.intp, nb))
     code += 1
     code += np.multiply(nd, 10, out=tmp_b)
-    perim_px = np.bincount(blbl, np.take(_PERIM_W, code, out=work("f1", np.float64, nb)), m1)[1:]
+    return np.bincount(b.lbl, np.take(_PERIM_W, code, out=_work("f1", np.float64, nb)), g.m1)[1:]
 
-    # convex area: the hull of the pixels' edge mid-points (as skimage's convex_hull_image) only depends
-    # on the leftmost and rightmost pixel of every row; its right (left) boundary is the concave majorant
-    # of the right (negated left) chain, found for all nuclei at once, then pixel centres are counted row by row.
-    nrows_per = rmax - rmin + 1
+
+def _convex_area_px(runs: _Runs, box: _Boxes, g: _Grid) -> np.ndarray:
+    """Convex hull area (px², pixel centres inside the hull of the pixels' edge mid-points) of every nucleus.
+
+    That hull (as skimage's convex_hull_image) only depends on the leftmost and rightmost pixel of every
+    row; its right (left) boundary is the concave majorant of the right (negated left) chain, found for
+    all nuclei at once, then pixel centres are counted row by row.
+    """
+    n, ncol = g.n, g.shape[1]
+    rmin = box.rmin
+    nrows_per = box.rmax - rmin + 1
     row_start = np.cumsum(nrows_per) - nrows_per
     row_lab = np.repeat(np.arange(n), nrows_per)
     nr_tot = row_lab.size
-    rkey = row_start[run_lbl - 1] + (run_r - rmin[run_lbl - 1])
+    rkey = row_start[runs.lbl - 1] + (runs.r - rmin[runs.lbl - 1])
     left = np.full(nr_tot, ncol, np.int64)
     right = np.full(nr_tot, -1, np.int64)
-    np.minimum.at(left, rkey, run_cs)
-    np.maximum.at(right, rkey, run_ce)
+    np.minimum.at(left, rkey, runs.cs)
+    np.maximum.at(right, rkey, runs.ce)
     both = _majorant_rows(
         np.concatenate([right, -left]),
         np.concatenate([row_lab, row_lab + n]),
@@ -271,27 +443,29 @@ def nucleus_table(
     )
     xmax, xmin = both[:nr_tot], -both[nr_tot:]
     cnt = np.floor(xmax + 1e-7) - np.ceil(xmin - 1e-7) + 1.0
-    convex_px = np.bincount(row_lab, np.maximum(cnt, 0.0), n)
-    solidity = area_px / np.maximum(convex_px, area_px)
-    bri, bci = np.divmod(bidx, pw, out=(work("code", np.intp, nb), tmp_b))  # (code is no longer needed)
-    b_lab0 = np.subtract(blbl, 1, out=work("b_lab0", np.int64, nb))
+    return np.bincount(row_lab, np.maximum(cnt, 0.0), n)
 
-    # Fourier descriptors of the radial profile of the boundary
-    bdr = np.subtract(bri, 1.0, out=work("f1", np.float64, nb))  # boundary pixel row - centroid row
-    bdr -= np.take(cr, b_lab0, out=work("f2", np.float64, nb))
-    bdc = np.subtract(bci, 1.0, out=work("f3", np.float64, nb))
-    bdc -= np.take(cc, b_lab0, out=work("f2", np.float64, nb))
-    rad = np.multiply(bdr, bdr, out=work("f4", np.float64, nb))
-    rad += np.multiply(bdc, bdc, out=work("f2", np.float64, nb))
+
+def _fourier_descriptors(g: _Grid, b: _Border, mom: _Moments) -> np.ndarray:
+    """Fourier shape descriptors ``|F_k| / |F_0|`` (1), k = 1.._FOURIER_K, of the boundary radial profile."""
+    n, nb = g.n, b.nb
+    bri, bci = np.divmod(b.idx, g.pw, out=(_work("code", np.intp, nb), b.tmp))  # (code is no longer needed)
+    b_lab0 = np.subtract(b.lbl, 1, out=_work("b_lab0", np.int64, nb))
+    bdr = np.subtract(bri, 1.0, out=_work("f1", np.float64, nb))  # boundary pixel row - centroid row
+    bdr -= np.take(mom.cr, b_lab0, out=_work("f2", np.float64, nb))
+    bdc = np.subtract(bci, 1.0, out=_work("f3", np.float64, nb))
+    bdc -= np.take(mom.cc, b_lab0, out=_work("f2", np.float64, nb))
+    rad = np.multiply(bdr, bdr, out=_work("f4", np.float64, nb))
+    rad += np.multiply(bdc, bdc, out=_work("f2", np.float64, nb))
     np.sqrt(rad, out=rad)
-    ang = np.arctan2(bdr, bdc, out=work("f2", np.float64, nb))
+    ang = np.arctan2(bdr, bdc, out=_work("f2", np.float64, nb))
     # bins centred on the axis and diagonal directions, so pixels straight or diagonally away from a
     # (half-)integer centroid never sit on a bin edge
     ang += np.pi
     ang *= _FOURIER_BINS / (2 * np.pi)
     ang += 0.5
     np.floor(ang, out=ang)
-    key = work("code", np.intp, nb)
+    key = _work("code", np.intp, nb)
     np.copyto(key, ang, casting="unsafe")
     key %= _FOURIER_BINS
     b_lab0 *= _FOURIER_BINS
@@ -304,86 +478,116 @@ def nucleus_table(
     with np.errstate(divide="ignore", invalid="ignore"):
         fourier = spec[:, 1 : _FOURIER_K + 1] / spec[:, :1]
     fourier[~np.isfinite(fourier)] = np.nan
+    return fourier
 
-    # H intensity and texture
-    hcols = np.full((n, 8), np.nan)
-    if h is not None:
-        hflat = np.asarray(h, dtype=np.float32)
-        if hflat.shape != lab.shape:
-            raise UserError(f"H image shape {hflat.shape} does not match the label image {lab.shape}")
-        hflat = hflat.ravel()
-        hv32 = np.take(hflat, fg, out=work("hv32", np.float32))
-        hv = work("hv", np.float64)
-        np.copyto(hv, hv32)
-        hsum = np.bincount(lbl, hv, m1)[1:]
-        hmean = hsum / area_px
-        t64 = work("t64", np.float64)
-        hstd = np.sqrt(np.maximum(np.bincount(lbl, np.multiply(hv, hv, out=t64), m1)[1:] / area_px - hmean * hmean, 0.0))
-        hint = hsum * mpp * mpp
-        np.subtract(hv, H_RANGE[0], out=t64)
-        t64 *= _ENTROPY_LEVELS / (H_RANGE[1] - H_RANGE[0])
-        q = work("q", np.intp)
-        np.copyto(q, t64, casting="unsafe")
-        np.clip(q, 0, _ENTROPY_LEVELS - 1, out=q)
-        np.subtract(lbl, 1, out=tmp_i)
-        tmp_i *= _ENTROPY_LEVELS
-        q += tmp_i
-        hist = np.bincount(q, None, n * _ENTROPY_LEVELS).reshape(n, _ENTROPY_LEVELS)
-        p = hist / area_px[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ent = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
-        # co-occurrence texture within the nucleus: right and down neighbours with the same label, read
-        # from H on the padded grid (only foreground pixels set: other neighbours are masked out)
-        hpad = scratch("nucleus_hpad", pflat.size, np.float32)
-        hpad.fill(0)
-        hpad[pidx] = hv32
-        g32 = work("g32", np.float32)
-        dr = np.subtract(np.take(hpad, i_r, out=g32), hv, out=work("dr", np.float64))
-        np.abs(dr, out=dr)
-        dr *= same_r
-        dd = np.subtract(np.take(hpad, i_d, out=g32), hv, out=work("dd", np.float64))
-        np.abs(dd, out=dd)
-        dd *= same_d
-        # pairs: right ones are run length - 1 per run, down ones counted per pixel
-        n_down = int(np.count_nonzero(same_d))
-        down_lbl = np.compress(same_d, lbl, out=work("down_lbl", np.int64, n_down))
-        npair = area_px - np.bincount(run_lbl, None, m1)[1:] + np.bincount(down_lbl, None, m1)[1:]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            diss = np.bincount(lbl, np.add(dr, dd, out=t64), m1)[1:] / npair
-            dr *= dr
-            dd *= dd
-            dr += dd
-            con = np.bincount(lbl, dr, m1)[1:] / npair
-        if h_grad is None:
-            h_grad = gradient_magnitude(hflat.reshape(lab.shape), mpp)
-        gv = work("hv", np.float64)  # (hv is no longer needed)
-        np.copyto(gv, np.take(np.asarray(h_grad, dtype=np.float32).ravel(), fg, out=g32))
-        gmean = np.bincount(lbl, gv, m1)[1:] / area_px
-        gv *= gv
-        gstd = np.sqrt(np.maximum(np.bincount(lbl, gv, m1)[1:] / area_px - gmean * gmean, 0.0))
-        hcols = np.stack([hmean, hstd, hint, ent, diss, con, gmean, gstd], axis=1)
 
-    area = area_px * mpp * mpp
-    perim = perim_px * mpp
+def _circularity(area_px: np.ndarray, perim_px: np.ndarray) -> np.ndarray:
+    """Circularity ``4 pi area / perimeter²`` (1); NaN without a perimeter."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        circ = np.where(perim_px > 0, 4.0 * np.pi * area_px / np.where(perim_px > 0, perim_px, 1.0) ** 2, np.nan)
-    values = np.column_stack(
-        [
-            area,
-            perim,
-            np.sqrt(4.0 * area / np.pi),
-            major * mpp,
-            minor * mpp,
-            aspect,
-            ecc,
-            solidity,
-            circ,
-            extent,
-            fourier,
-            hcols,
-        ]
-    )
-    return NucleusTable(ids.astype(np.int64), np.column_stack([cr, cc]), values, tuple(m[0] for m in MEASURES))
+        return np.where(perim_px > 0, 4.0 * np.pi * area_px / np.where(perim_px > 0, perim_px, 1.0) ** 2, np.nan)
+
+
+def _h_columns(
+    g: _Grid, runs: _Runs, area_px: np.ndarray, mpp: float, h: np.ndarray | None, h_grad: np.ndarray | None
+) -> np.ndarray:
+    """The eight H columns of every nucleus (OD, OD·µm², bits, OD², OD/µm as in MEASURES); NaN without ``h``."""
+    if h is None:
+        return np.full((g.n, 8), np.nan)
+    hflat = np.asarray(h, dtype=np.float32)
+    if hflat.shape != g.shape:
+        raise UserError(f"H image shape {hflat.shape} does not match the label image {g.shape}")
+    hflat = hflat.ravel()
+    nf = g.fg.size
+    hv32 = np.take(hflat, g.fg, out=_work("hv32", np.float32, nf))
+    hv = _work("hv", np.float64, nf)
+    np.copyto(hv, hv32)
+    t64 = _work("t64", np.float64, nf)
+    hmean, hstd, hint = _h_intensity(g, hv, t64, area_px, mpp)
+    ent = _h_entropy(g, hv, t64, area_px)
+    g32 = _work("g32", np.float32, nf)
+    diss, con = _h_cooccurrence(g, runs, hv32, hv, t64, g32, area_px)
+    if h_grad is None:
+        h_grad = gradient_magnitude(hflat.reshape(g.shape), mpp)
+    gmean, gstd = _gradient_stats(g, h_grad, g32, area_px)
+    return np.stack([hmean, hstd, hint, ent, diss, con, gmean, gstd], axis=1)
+
+
+def _h_intensity(
+    g: _Grid, hv: np.ndarray, t64: np.ndarray, area_px: np.ndarray, mpp: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """H mean and standard deviation (OD) and integrated H (OD·µm²) of every nucleus."""
+    m1 = g.m1
+    hsum = np.bincount(g.lbl, hv, m1)[1:]
+    hmean = hsum / area_px
+    hstd = np.sqrt(np.maximum(np.bincount(g.lbl, np.multiply(hv, hv, out=t64), m1)[1:] / area_px - hmean * hmean, 0.0))
+    return hmean, hstd, hsum * mpp * mpp
+
+
+def _h_entropy(g: _Grid, hv: np.ndarray, t64: np.ndarray, area_px: np.ndarray) -> np.ndarray:
+    """Entropy (bits) of every nucleus's H histogram (``_ENTROPY_LEVELS`` levels over ``H_RANGE``)."""
+    n, nf = g.n, g.fg.size
+    np.subtract(hv, H_RANGE[0], out=t64)
+    t64 *= _ENTROPY_LEVELS / (H_RANGE[1] - H_RANGE[0])
+    q = _work("q", np.intp, nf)
+    np.copyto(q, t64, casting="unsafe")
+    np.clip(q, 0, _ENTROPY_LEVELS - 1, out=q)
+    tmp_i = g.tmp_i
+    np.subtract(g.lbl, 1, out=tmp_i)
+    tmp_i *= _ENTROPY_LEVELS
+    q += tmp_i
+    hist = np.bincount(q, None, n * _ENTROPY_LEVELS).reshape(n, _ENTROPY_LEVELS)
+    p = hist / area_px[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
+
+
+def _h_cooccurrence(
+    g: _Grid,
+    runs: _Runs,
+    hv32: np.ndarray,
+    hv: np.ndarray,
+    t64: np.ndarray,
+    g32: np.ndarray,
+    area_px: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Co-occurrence dissimilarity (OD) and contrast (OD²) of the same-label right and down pixel pairs.
+
+    H is read from the padded grid, where only foreground pixels are set: other neighbours are masked out.
+    """
+    m1, nf = g.m1, g.fg.size
+    hpad = _work("hpad", np.float32, g.pflat.size)
+    hpad.fill(0)
+    hpad[g.pidx] = hv32
+    dr = np.subtract(np.take(hpad, g.i_r, out=g32), hv, out=_work("dr", np.float64, nf))
+    np.abs(dr, out=dr)
+    dr *= g.same_r
+    dd = np.subtract(np.take(hpad, g.i_d, out=g32), hv, out=_work("dd", np.float64, nf))
+    np.abs(dd, out=dd)
+    dd *= g.same_d
+    # pairs: right ones are run length - 1 per run, down ones counted per pixel
+    n_down = int(np.count_nonzero(g.same_d))
+    down_lbl = np.compress(g.same_d, g.lbl, out=_work("down_lbl", np.int64, n_down))
+    npair = area_px - np.bincount(runs.lbl, None, m1)[1:] + np.bincount(down_lbl, None, m1)[1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diss = np.bincount(g.lbl, np.add(dr, dd, out=t64), m1)[1:] / npair
+        dr *= dr
+        dd *= dd
+        dr += dd
+        con = np.bincount(g.lbl, dr, m1)[1:] / npair
+    return diss, con
+
+
+def _gradient_stats(
+    g: _Grid, h_grad: np.ndarray, g32: np.ndarray, area_px: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (OD/µm) of the H gradient magnitude in every nucleus."""
+    m1 = g.m1
+    gv = _work("hv", np.float64, g.fg.size)  # (H itself is no longer needed)
+    np.copyto(gv, np.take(np.asarray(h_grad, dtype=np.float32).ravel(), g.fg, out=g32))
+    gmean = np.bincount(g.lbl, gv, m1)[1:] / area_px
+    gv *= gv
+    gstd = np.sqrt(np.maximum(np.bincount(g.lbl, gv, m1)[1:] / area_px - gmean * gmean, 0.0))
+    return gmean, gstd
 
 
 def _majorant_rows(ext: np.ndarray, row_lab: np.ndarray, row_start: np.ndarray, nrows: np.ndarray) -> np.ndarray:
