@@ -1,9 +1,12 @@
 """Regenerate the demo model bundle shipped in ``src/napari_lnm/data/demo_model``.
 
 The napari *Analyse slide* widget offers this bundle by default so a pathologist
-can try the plugin without training first. It is trained exactly like
-``napari-lnm demo`` (synthetic cohort -> features -> nested CV + XGBoost), with
-more slides, and is deterministic for a given seed::
+can try the plugin without training first. Its synthetic cohort and features are
+made exactly like ``napari-lnm demo`` (with more slides); the model is then
+trained as ``napari-lnm train`` trains by default: recipe chosen by inner CV in
+every outer fold, Platt-calibrated probabilities, operating points from the
+out-of-fold probabilities. The bundle is flagged ``config["demo"]`` so that
+``model.evidence_text`` says it is a demo model. Deterministic for a given seed::
 
     .venv/bin/python scripts/make_demo_model.py [--n-slides 48] [--seed 0]
 
@@ -14,12 +17,14 @@ synthetic slides: it demonstrates the pipeline and is not a diagnostic model.
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 from pathlib import Path
 
-from napari_lnm._atomic import atomic_dir
+import numpy as np
+
 from napari_lnm.cli.demo import run_demo
+from napari_lnm.extract import read_cohort
+from napari_lnm.model import ModelBundle, TrainConfig, cross_validate, load_feature_tables, train_model
 
 TARGET = Path(__file__).resolve().parents[1] / "src" / "napari_lnm" / "data" / "demo_model"
 
@@ -31,12 +36,22 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lnm-demo-model-") as tmp:
-        summary = run_demo(Path(tmp), n_slides=args.n_slides, seed=args.seed, workers=args.workers)
-        with atomic_dir(TARGET) as out:
-            for f in (Path(tmp) / "model").iterdir():
-                if f.is_file():
-                    shutil.copy2(f, out / f.name)
-    print(f"demo model written to {TARGET}: {summary.get('cv_auc', summary)}")
+        tmp = Path(tmp)
+        run_demo(tmp, n_slides=args.n_slides, seed=args.seed, workers=args.workers)
+        first = ModelBundle.load(tmp / "model")
+        cohort = read_cohort(tmp / "cohort" / "cohort.csv")
+        tables, _ = load_feature_tables(cohort, tmp / "features")
+        y = cohort["label"].to_numpy(dtype=int)
+        groups = cohort["patient_id"].astype(str).to_numpy() if "patient_id" in cohort.columns else None
+        cfg = TrainConfig(cv=int(first.config["cv"]), seed=args.seed, n_bootstrap=1000, tiling=first.config["tiling"],
+                          recipe="auto", calibration="auto")
+        report = cross_validate(tables, y, groups=groups, config=cfg, slide_ids=list(cohort["slide_id"]))
+        bundle = train_model(tables, y, cfg, groups=groups)
+        bundle.config["demo"] = True
+        bundle.cv_report = report
+        bundle.save(TARGET)
+    print(f"demo model written to {TARGET}: {report.summary()}; recipe {bundle.config['recipe']}; "
+          f"{int(np.sum(y))} of {len(y)} slides metastatic")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from napari_lnm._fields import FieldError, check_array, fail, need_dict, need_in
 from napari_lnm.errors import ModelError
 
 CLASSIFIERS = ("xgboost", "logreg", "svm", "mlp")
+#: XGBoost trains on one thread below this many input cells (slides x columns): faster, identical trees.
+SMALL_FIT_CELLS = 1_000_000
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -145,12 +147,15 @@ class XGBoostClassifier(Classifier):
         y = np.asarray(y).astype(int)
         self.n_columns = X.shape[1]
         params = self._params(y)
-        dtrain = xgb.DMatrix(X, label=y, nthread=self.nthread)
+        if X.size < SMALL_FIT_CELLS:  # threads only cost time on a few hundred slides (same trees either way)
+            params["nthread"] = 1
+        dtrain = xgb.DMatrix(X, label=y, nthread=params["nthread"])
         folds, self.inner_grouped = inner_folds(y, groups, wanted=3, seed=self.seed)
         hist = xgb.cv(params, dtrain, num_boost_round=self.max_rounds, folds=folds,
                       early_stopping_rounds=self.early_stopping, seed=self.seed, as_pandas=False)
         self.n_rounds = max(1, len(hist["test-auc-mean"]))
         self.booster = xgb.train(params, dtrain, num_boost_round=self.n_rounds)
+        self.booster.set_param({"nthread": self.nthread})  # prediction threads as asked
         return self
 
     def _dmatrix(self, X):
@@ -297,17 +302,33 @@ class _NumpyClassifier(Classifier):
 
 
 class LogisticClassifier(_NumpyClassifier):
-    """L2 logistic regression on standardised columns (sklearn fit, numpy inference)."""
+    """L2 (or elastic-net) logistic regression on standardised columns (sklearn fit, numpy inference)."""
 
     kind = "logreg"
 
+    def __init__(self, seed=0, nthread=1, C: float = 1.0, penalty: str = "l2", l1_ratio: float = 0.5):
+        super().__init__(seed, nthread)
+        if penalty not in ("l2", "elasticnet"):
+            raise ValueError(f"unknown logistic penalty {penalty!r}; choose 'l2' or 'elasticnet'")
+        self.C, self.penalty, self.l1_ratio = float(C), str(penalty), float(l1_ratio)
+
     def fit(self, X, y, groups=None):
         """Fit on standardised X (no inner CV, so ``groups`` is not needed)."""
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
         Z = self._fit_scaler(X)
-        m = LogisticRegression(C=1.0, class_weight="balanced", max_iter=2000, random_state=self.seed)
-        m.fit(Z, np.asarray(y).astype(int))
+        if self.penalty == "elasticnet":
+            m = LogisticRegression(C=self.C, penalty="elasticnet", l1_ratio=self.l1_ratio, solver="saga",
+                                   class_weight="balanced", max_iter=3000, tol=1e-3, random_state=self.seed)
+        else:
+            m = LogisticRegression(C=self.C, class_weight="balanced", max_iter=2000, random_state=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # sklearn >= 1.8 deprecates penalty= for l1_ratio=
+            m.fit(Z, np.asarray(y).astype(int))
         self.coef_ = m.coef_[0].astype(np.float64)
         self.intercept_ = np.array([float(m.intercept_[0])])
         self._sk = m
@@ -337,6 +358,14 @@ class LogisticClassifier(_NumpyClassifier):
         super()._check_arrays(a, q)
         _check_saved(a, "coef", (q,))
         _check_saved(a, "intercept", (1,))
+
+    def _meta(self):
+        return {"C": self.C, "penalty": self.penalty, "l1_ratio": self.l1_ratio}
+
+    def _load_meta(self, meta, field):
+        self.C = float(need_number(meta.get("C", 1.0), f"{field}.C", lo=0.0))
+        self.penalty = need_str(meta.get("penalty", "l2"), f"{field}.penalty", ("l2", "elasticnet"))
+        self.l1_ratio = float(need_number(meta.get("l1_ratio", 0.5), f"{field}.l1_ratio", lo=0.0, hi=1.0))
 
 
 class SVMClassifier(_NumpyClassifier):
@@ -469,11 +498,11 @@ _CLASSES = {"xgboost": XGBoostClassifier, "logreg": LogisticClassifier, "svm": S
             "mlp": MLPClassifier}
 
 
-def make_classifier(kind: str = "xgboost", seed: int = 0, nthread: int = 1) -> Classifier:
-    """A new, unfitted classifier by name."""
+def make_classifier(kind: str = "xgboost", seed: int = 0, nthread: int = 1, params: dict | None = None) -> Classifier:
+    """A new, unfitted classifier by name; ``params``: its hyper-parameters (e.g. XGBoost ``max_depth``, logreg ``C``)."""
     if kind not in _CLASSES:
         raise ValueError(f"unknown classifier {kind!r}; choose one of {CLASSIFIERS}")
-    return _CLASSES[kind](seed=seed, nthread=nthread)
+    return _CLASSES[kind](seed=seed, nthread=nthread, **dict(params or {}))
 
 
 def load_classifier(d: Path, meta: dict, n_inputs: int | None = None, field: str = "classifier") -> Classifier:

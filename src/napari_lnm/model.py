@@ -39,7 +39,7 @@ from napari_lnm.calibration import Calibrator, brier_score, expected_calibration
     save_reliability_png, side_of
 from napari_lnm.classifiers import Classifier, inner_folds, load_classifier, make_classifier
 from napari_lnm.errors import CohortError, ModelError, UserError
-from napari_lnm.fusion import Fusion, feature_columns, fusion_from_dict, make_fusion, ordinal
+from napari_lnm.fusion import Fusion, feature_columns, fusion_from_dict, make_fusion, ordinal, tile_tables
 from napari_lnm.progress import check_stop, report
 from napari_lnm.provenance import read_provenance
 from napari_lnm.selection import Selection, select_elements
@@ -332,11 +332,28 @@ class CVReport:
     oof_pooled: np.ndarray | None = None  # when per-subtype routing was used
     auc_pooled: float | None = None
     ci_pooled: tuple[float, float] | None = None
+    repeats: int = 1  # outer CV repeats; oof is the mean over them
+    repeat_aucs: list[float] | None = None  # AUC of each repeat's out-of-fold probabilities
+    recipes: list[str] | None = None  # recipe each outer fold chose, "r<repeat>f<fold>: name"
+    oof_uncalibrated: np.ndarray | None = None  # before the fold models' calibrators (when calibrated)
+    brier: float | None = None
+    ece: float | None = None  # expected calibration error, 10 equal-width bins
+    ece_uncalibrated: float | None = None
+    calibration: str | None = None  # calibration method of the fold models
+    operating_points: dict | None = None  # calibration.operating_points of oof
 
     def summary(self) -> str:
         """One line per AUC, e.g. 'CV ROC-AUC 0.812 (95% CI 0.70-0.91), 5 folds'."""
         lines = [f"CV ROC-AUC {self.auc:.3f} (95% CI {self.ci[0]:.3f}-{self.ci[1]:.3f}), "
                  f"{self.n_splits} folds{' grouped by patient' if self.grouped else ''}, {len(self.oof)} slides"]
+        if self.repeat_aucs and self.repeats > 1:
+            a = np.asarray(self.repeat_aucs, dtype=float)
+            lines.append(f"  {self.repeats} repeats: mean ROC-AUC {np.nanmean(a):.3f} (SD {np.nanstd(a):.3f}, "
+                         f"range {np.nanmin(a):.3f}-{np.nanmax(a):.3f}); probabilities averaged over repeats")
+        if self.ece is not None:
+            unc = f" (uncalibrated {self.ece_uncalibrated:.3f})" if self.ece_uncalibrated is not None else ""
+            lines.append(f"  calibration{f' ({self.calibration})' if self.calibration else ''}: Brier "
+                         f"{self.brier:.3f}, expected calibration error {self.ece:.3f}{unc}")
         if self.auc_image_only is not None:
             lines.append(f"  image features only: ROC-AUC {self.auc_image_only:.3f} "
                          f"(95% CI {self.ci_image_only[0]:.3f}-{self.ci_image_only[1]:.3f})")
@@ -369,7 +386,7 @@ class CVReport:
     def from_dict(cls, d: dict) -> "CVReport":
         """Inverse of :meth:`to_dict`."""
         kw = dict(d)
-        for k in ("labels", "oof", "fold", "oof_image_only", "oof_pooled"):
+        for k in ("labels", "oof", "fold", "oof_image_only", "oof_pooled", "oof_uncalibrated"):
             if kw.get(k) is not None:
                 kw[k] = np.asarray(kw[k])
         for k in ("ci", "ci_image_only", "ci_pooled"):
@@ -388,6 +405,20 @@ class CVReport:
             curves[f"pooled model (AUC {self.auc_pooled:.2f})"] = (self.labels, self.oof_pooled)
         save_roc_png(path, curves, title=f"{self.n_splits}-fold nested CV, {len(self.oof)} slides")
 
+    def save_reliability(self, path: Path) -> None:
+        """Reliability diagram of the out-of-fold probabilities as a PNG."""
+        save_reliability_png(path, self.labels, self.oof,
+                             title=f"{self.n_splits}-fold nested CV, {len(self.oof)} slides"
+                                   f"{f', {self.calibration} calibration' if self.calibration else ''}")
+
+    def recipe_counts(self) -> dict[str, int]:
+        """How many outer folds chose each recipe."""
+        out: dict[str, int] = {}
+        for r in self.recipes or []:
+            name = r.split(": ", 1)[-1]
+            out[name] = out.get(name, 0) + 1
+        return out
+
 
 # --------------------------------------------------------------------------- bundle
 def _safe_name(name: str) -> str:
@@ -401,7 +432,8 @@ class ModelBundle:
                  config: dict, importance: pd.DataFrame, clinical: ClinicalEncoder | None = None,
                  cv_report: CVReport | None = None, subtype_models: dict | None = None,
                  subtype_routing: dict | None = None, package_version: str = __version__,
-                 schema_version: int = SCHEMA_VERSION):
+                 schema_version: int = SCHEMA_VERSION, calibrator: Calibrator | None = None,
+                 operating_points: dict | None = None):
         self.feature_names = list(feature_names)
         self.fusion = fusion
         self.selection = selection
@@ -414,6 +446,15 @@ class ModelBundle:
         self.subtype_routing: dict[str, str] = dict(subtype_routing or {})
         self.package_version = package_version
         self.schema_version = schema_version
+        self.calibrator = calibrator  # maps the classifier's probability to a calibrated one (None: as is)
+        self._operating_points = operating_points  # as read from bundle.json; else from cv_report
+
+    @property
+    def operating_points(self) -> dict | None:
+        """Rule-out / rule-in thresholds from the out-of-fold probabilities (None without a CV report)."""
+        if self.cv_report is not None and self.cv_report.operating_points is not None:
+            return self.cv_report.operating_points
+        return self._operating_points
 
     def __repr__(self) -> str:
         subs = f", subtypes={sorted(self.subtype_models)}" if self.subtype_models else ""
@@ -449,19 +490,27 @@ class ModelBundle:
             tables = [tables]
         for t in tables:
             self.check_features(t)
-        X = self.selection.apply(self.fusion.transform(tables))
+        return self.design_fused(self.fusion.transform(tables), clinical)
+
+    def design_fused(self, F: np.ndarray, clinical: pd.DataFrame | dict | None = None) -> np.ndarray:
+        """Classifier input from fused vectors ``F`` (n, P) of this bundle's fusion."""
+        X = self.selection.apply(F)
         if self.clinical is not None and self.clinical.columns:
             if isinstance(clinical, dict):
                 clinical = pd.DataFrame([clinical])
             if clinical is not None:
                 clinical = clinical.reset_index(drop=True)
-            X = np.concatenate([X, self.clinical.transform(clinical, len(tables))], axis=1)
+            X = np.concatenate([X, self.clinical.transform(clinical, len(X))], axis=1)
         return X
 
     # -- outputs ---------------------------------------------------------
-    def predict_proba(self, tables, clinical: pd.DataFrame | dict | None = None) -> np.ndarray:
-        """Metastasis probability per slide, (n,); missing clinical values are imputed (mean / no level)."""
-        return self.classifier.predict_proba(self.design(tables, clinical))
+    def predict_proba(self, tables, clinical: pd.DataFrame | dict | None = None, calibrated: bool = True) -> np.ndarray:
+        """Metastasis probability per slide, (n,), through the bundle's calibrator (``calibrated=False``: raw).
+
+        Missing clinical values are imputed (mean / no level).
+        """
+        p = self.classifier.predict_proba(self.design(tables, clinical))
+        return self.calibrator.apply(p) if calibrated and self.calibrator is not None else p
 
     def contributions(self, tiles_df: pd.DataFrame, clinical: pd.DataFrame | dict | None = None) -> pd.DataFrame:
         """Per classifier input of one slide: element, feature, bin, bin_lo, bin_hi, value, contribution (log-odds).
@@ -474,10 +523,19 @@ class ModelBundle:
         """
         X = self.design(tiles_df, clinical)
         c = self.classifier.contributions(X)[0]
+        prob = float(self.classifier.predict_proba(X)[0])
+        if self.calibrator is not None:  # Platt: the calibrated logit is a * logit + b, so scale every term
+            cal = float(self.calibrator.apply(np.array([prob]))[0])
+            if self.calibrator.method == "platt":
+                c = np.append(c[:-1] * self.calibrator.a, c[-1] * self.calibrator.a + self.calibrator.b)
+            else:  # isotonic is not linear in the logit: the shift goes into the bias
+                c = c.copy()
+                c[-1] += float(np.log(max(cal, 1e-12) / max(1 - cal, 1e-12))
+                               - np.log(max(prob, 1e-12) / max(1 - prob, 1e-12)))
+            prob = cal
         info = self.element_table()
         df = info.assign(value=X[0], contribution=c[:-1])
         df = df.iloc[np.argsort(-np.abs(df["contribution"].to_numpy()), kind="stable")].reset_index(drop=True)
-        prob = float(self.classifier.predict_proba(X)[0])
         logit = float(np.log(max(prob, 1e-12) / max(1.0 - prob, 1e-12)))
         df.attrs.update(bias=float(c[-1]), logit=logit, probability=prob)
         return df
@@ -509,6 +567,9 @@ class ModelBundle:
             "subtype_models": {k: f"subtypes/{_safe_name(k)}" for k in self.subtype_models},
             "subtype_routing": self.subtype_routing,
             "cv_summary": self.cv_report.summary() if self.cv_report else None,
+            **({"calibration": self.calibrator.to_dict()} if self.calibrator is not None else {}),
+            **({"operating_points": self.operating_points} if self.operating_points is not None else {}),
+            **({"evidence": evidence(self)} if self.cv_report is not None else {}),
         }
 
     def _write(self, d: Path) -> None:
@@ -518,6 +579,8 @@ class ModelBundle:
             (d / "cv_report.json").write_text(json.dumps(self.cv_report.to_dict(), indent=1), encoding="utf-8")
             self.cv_report.oof_frame().to_csv(d / "oof.csv", index=False, float_format="%.6g")
             self.cv_report.save_roc(d / "roc.png")
+            if self.cv_report.ece is not None:
+                self.cv_report.save_reliability(d / "reliability.png")
         for name, sub in self.subtype_models.items():
             sd = d / "subtypes" / _safe_name(name)
             sd.mkdir(parents=True)
@@ -588,9 +651,18 @@ class ModelBundle:
             if sub.feature_names != names:
                 fail(f"subtype_models.{name}", "is a model of other tile features than the bundle's")
             subs[name] = sub
+        calibrator = None if meta.get("calibration") is None else Calibrator.from_dict(meta["calibration"])
+        points = meta.get("operating_points")
+        if points is not None:
+            need_dict(points, "operating_points")
+            for k in ("rule_out", "rule_in"):
+                if points.get(k) is not None:
+                    need_number(need_key(need_dict(points[k], f"operating_points.{k}"), "threshold",
+                                         f"operating_points.{k}"), f"operating_points.{k}.threshold")
         return cls(names, fusion, selection, classifier, config, importance, clinical=clinical,
                    cv_report=_load_cv_report(d / "cv_report.json"), subtype_models=subs, subtype_routing=routing,
-                   package_version=str(meta.get("package_version", "")), schema_version=meta.get("schema_version"))
+                   package_version=str(meta.get("package_version", "")), schema_version=meta.get("schema_version"),
+                   calibrator=calibrator, operating_points=points)
 
 
 def _schema_hash(names: Sequence[str]) -> str:
@@ -700,11 +772,23 @@ def _clinical_info(enc: ClinicalEncoder) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["element", "feature", "bin", "bin_lo", "bin_hi", "stat"])
 
 
-def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
-                  groups: np.ndarray | None = None) -> ModelBundle:
+def _fit_fusion(tables, config: TrainConfig, feature_names) -> tuple[Fusion, np.ndarray]:
+    """The config's fusion fitted on ``tables`` and their fused vectors (n, P)."""
     fusion = make_fusion(config.fusion, bins=config.bins, edges=config.edges, p=config.p)
     fusion.fit(tables, feature_names)
-    F = fusion.transform(tables)
+    return fusion, fusion.transform(tables)
+
+
+def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
+                  groups: np.ndarray | None = None) -> ModelBundle:
+    fusion, F = _fit_fusion(tables, config, feature_names)
+    return _fit_head(fusion, F, y, config, feature_names, clinical, groups)
+
+
+def _fit_head(fusion: Fusion, F: np.ndarray, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
+              groups: np.ndarray | None = None) -> ModelBundle:
+    """Selection, clinical encoding and classifier on fused vectors ``F`` of a fitted ``fusion`` -> ModelBundle."""
+    n = len(F)
     sel = select_elements(F, y, test=config.test, alpha=config.alpha, top_q=config.top_q,
                           names=fusion.element_names)
     X = sel.apply(F)
@@ -712,12 +796,16 @@ def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.Da
     enc = None
     if config.clinical:
         enc = ClinicalEncoder.fit(clinical if clinical is not None else pd.DataFrame(), config.clinical)
-        X = np.concatenate([X, enc.transform(clinical.reset_index(drop=True), len(tables))], axis=1)
+        X = np.concatenate([X, enc.transform(clinical.reset_index(drop=True), n)], axis=1)
         info = pd.concat([info, _clinical_info(enc)], ignore_index=True)
-    clf = make_classifier(config.classifier, seed=config.seed, nthread=config.nthread).fit(X, y, groups=groups)
+    clf = make_classifier(config.classifier, seed=config.seed, nthread=config.nthread,
+                          params=config.classifier_params).fit(X, y, groups=groups)
     names = list(sel.names) + (enc.names if enc else [])
     imp = _importance(clf, X, y, names, info)
     cfg = config.to_dict()
+    for k in ("recipe", "grid", "classifier_params", "calibration", "inner_cv", "repeats"):
+        if cfg[k] == TrainConfig.__dataclass_fields__[k].default:
+            del cfg[k]  # fixed-recipe, uncalibrated bundles record the config as before
     if config.classifier == "xgboost":
         cfg["n_trees"] = clf.n_rounds
     cfg["n_slides"] = int(len(y))
@@ -726,6 +814,58 @@ def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.Da
     if getattr(clf, "inner_grouped", False):  # recorded only when true: ungrouped bundles stay as before
         cfg["inner_cv"] = "grouped by patient"
     return ModelBundle(feature_names, fusion, sel, clf, cfg, imp, clinical=enc)
+
+
+def _inner_cv(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
+              groups: np.ndarray | None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Per candidate recipe: mean inner-fold ROC-AUC and inner out-of-fold (uncalibrated) probabilities.
+
+    Folds: ``classifiers.inner_folds`` (patient-grouped with ``groups``); each fusion
+    is fitted once per inner fold on its training part and shared by the recipes that use it.
+    """
+    cands = config.candidates()
+    folds, _ = inner_folds(y, groups, wanted=config.inner_cv, seed=config.seed)
+    aucs = {name: [] for name, _ in cands}
+    oof = {name: np.full(len(y), np.nan) for name, _ in cands}
+    for tr, te in folds:
+        ttr, tte = [tables[i] for i in tr], [tables[i] for i in te]
+        ctr = None if clinical is None else clinical.iloc[tr].reset_index(drop=True)
+        cte = None if clinical is None else clinical.iloc[te].reset_index(drop=True)
+        fused: dict[tuple, tuple[Fusion, np.ndarray, np.ndarray]] = {}
+        for name, cfg in cands:
+            key = (cfg.fusion, cfg.bins, cfg.edges, cfg.p)
+            if key not in fused:
+                fus, f_tr = _fit_fusion(ttr, cfg, feature_names)
+                fused[key] = (fus, f_tr, fus.transform(tte))
+            fus, f_tr, f_te = fused[key]
+            b = _fit_head(fus, f_tr, y[tr], cfg, feature_names, ctr, None if groups is None else groups[tr])
+            oof[name][te] = b.classifier.predict_proba(b.design_fused(f_te, cte))
+            aucs[name].append(roc_auc(y[te], oof[name][te]))
+    scores = {name: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
+              for name, a in ((n, np.asarray(v, dtype=float)) for n, v in aucs.items())}
+    return scores, oof
+
+
+def _train_calibrated(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
+                      groups: np.ndarray | None) -> ModelBundle:
+    """Choose the recipe by inner CV (when there is a choice), fit it on all slides, add the calibrator."""
+    cands = config.candidates()
+    if len(cands) == 1 and config.calibration == "none":
+        return _train_single(tables, y, cands[0][1], feature_names, clinical, groups)
+    tables = tile_tables(tables, feature_names)  # tile matrices read once for every fold and recipe
+    scores, oof = _inner_cv(tables, y, config, feature_names, clinical, groups)
+    best = max(range(len(cands)), key=lambda i: (np.nan_to_num(scores[cands[i][0]], nan=-1.0), -i))
+    name, cfg = cands[best]
+    bundle = _train_single(tables, y, cfg, feature_names, clinical, groups)
+    bundle.config.update(recipe=name, recipe_choice=config.recipe, inner_cv=config.inner_cv)
+    if len(cands) > 1:
+        bundle.config["recipe_scores"] = {n: (None if not np.isfinite(v) else round(v, 4)) for n, v in scores.items()}
+    if config.calibration != "none":
+        p = oof[name]
+        ok = np.isfinite(p)
+        bundle.calibrator = Calibrator.fit(y[ok], p[ok], config.calibration)
+        bundle.config["calibration"] = bundle.calibrator.method
+    return bundle
 
 
 def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | None = None,
@@ -759,7 +899,7 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
         clinical = clinical.reset_index(drop=True)
     groups = _check_groups(groups, len(y))
     check_stop(should_stop)
-    bundle = _train_single(tables, y, config, feature_names, clinical, groups)
+    bundle = _train_calibrated(tables, y, config, feature_names, clinical, groups)
     if config.per_subtype:
         if subtypes is None:
             raise CohortError("--per-subtype needs a 'subtype' column in the cohort")
@@ -778,9 +918,9 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
             else:
                 idx = np.flatnonzero(m)
                 sub_cfg = TrainConfig.from_dict({**config.to_dict(), "per_subtype": False})
-                sub = _train_single([tables[j] for j in idx], y[idx], sub_cfg, feature_names,
-                                    None if clinical is None else clinical.iloc[idx],
-                                    None if groups is None else groups[idx])
+                sub = _train_calibrated([tables[j] for j in idx], y[idx], sub_cfg, feature_names,
+                                        None if clinical is None else clinical.iloc[idx].reset_index(drop=True),
+                                        None if groups is None else groups[idx])
                 sub.config["subtype"] = name
                 if not np.any(np.nan_to_num(sub.importance["gain"].to_numpy(dtype=np.float64)) > 0):
                     # e.g. XGBoost with too few slides to make a single split: a constant 0.5, worse than pooled
@@ -863,7 +1003,12 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
 
     Reports out-of-fold probabilities, ROC-AUC with a seeded 95% bootstrap CI, and,
     with clinical columns, the image-only AUC; with ``config.per_subtype``, the AUC
-    of one pooled model next to the routed per-subtype models.
+    of one pooled model next to the routed per-subtype models. With
+    ``config.recipe="auto"`` each fold's model chooses its recipe by inner CV on its
+    training part only. ``config.repeats`` > 1 repeats the outer CV with fold seeds
+    ``seed, seed + 1, ...``; the out-of-fold probabilities are then averaged over the
+    repeats (one per slide) and each repeat's AUC is kept. Brier score, expected
+    calibration error and the operating points are those of the (averaged) probabilities.
     """
     config = config or TrainConfig()
     tables = list(tables)
@@ -873,49 +1018,142 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
         str(t["slide_id"].iloc[0]) if "slide_id" in t.columns and len(t) else str(i) for i, t in enumerate(tables)]
     if clinical is not None:
         clinical = clinical.reset_index(drop=True)
-    fold, grouped = _folds(y, groups, config.cv, config.seed)
+    repeats = max(1, int(config.repeats))
     g = _check_groups(groups, len(y))
-    oof = np.full(len(y), np.nan)
-    oof_img = np.full(len(y), np.nan) if config.clinical else None
     routed = config.per_subtype and subtypes is not None
-    oof_pool = np.full(len(y), np.nan) if routed else None
     st = None if subtypes is None else [None if pd.isna(s) else str(s) for s in subtypes]
-    fold_aucs, n_sel, msgs = [], [], []
-    for k in range(config.cv):
-        check_stop(should_stop)
-        report(progress, k, config.cv, f"fold {k + 1}/{config.cv}")
-        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        ttr, tte = [tables[i] for i in tr], [tables[i] for i in te]
-        ctr = None if clinical is None else clinical.iloc[tr]
-        cte = None if clinical is None else clinical.iloc[te]
-        gtr = None if g is None else g[tr]  # the inner CV of every fold is grouped by patient too
-        b = train_model(ttr, y[tr], config, clinical=ctr, subtypes=None if st is None else [st[i] for i in tr],
-                        feature_names=feature_names, groups=gtr)
-        if routed:
-            oof_pool[te] = b.predict_proba(tte, cte)
-            for j, i in enumerate(te):
-                m, _ = b.for_subtype(st[i])
-                oof[i] = m.predict_proba([tables[i]], None if cte is None else cte.iloc[[j]])[0]
-        else:
-            oof[te] = b.predict_proba(tte, cte)
-        if oof_img is not None:
-            cfg_img = TrainConfig.from_dict({**config.to_dict(), "clinical": [], "per_subtype": False})
-            oof_img[te] = train_model(ttr, y[tr], cfg_img, feature_names=feature_names,
-                                      groups=gtr).predict_proba(tte)
-        fold_aucs.append(roc_auc(y[te], oof[te]))
-        n_sel.append(len(b.selection.indices))
-        msgs.append(b.selection.message)
-    report(progress, config.cv, config.cv, "done")
+    runs = {k: np.full((repeats, len(y)), np.nan) for k in ("oof", "img", "pool", "raw")}
+    fold_aucs, n_sel, msgs, chosen, methods, first_fold, grouped = [], [], [], [], set(), None, False
+    total = repeats * config.cv
+    # tile matrices read once for every fold (a fixed, uncalibrated recipe trains from the tables as before)
+    fast = tables if config.recipe == recipes.FIXED and config.calibration == "none" else \
+        tile_tables(tables, feature_names)
+    for r in range(repeats):
+        fold, grouped = _folds(y, groups, config.cv, config.seed + r)
+        first_fold = fold if first_fold is None else first_fold
+        for k in range(config.cv):
+            check_stop(should_stop)
+            step = r * config.cv + k
+            report(progress, step, total, f"fold {k + 1}/{config.cv}" + (f", repeat {r + 1}/{repeats}"
+                                                                          if repeats > 1 else ""))
+            tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            ttr, tte = [fast[i] for i in tr], [tables[i] for i in te]
+            ctr = None if clinical is None else clinical.iloc[tr]
+            cte = None if clinical is None else clinical.iloc[te]
+            gtr = None if g is None else g[tr]  # the inner CV of every fold is grouped by patient too
+            b = train_model(ttr, y[tr], config, clinical=ctr, subtypes=None if st is None else [st[i] for i in tr],
+                            feature_names=feature_names, groups=gtr)
+            if routed:
+                runs["pool"][r, te] = b.predict_proba(tte, cte)
+                for j, i in enumerate(te):
+                    m, _ = b.for_subtype(st[i])
+                    runs["oof"][r, i] = m.predict_proba([tables[i]], None if cte is None else cte.iloc[[j]])[0]
+            else:
+                runs["oof"][r, te] = b.predict_proba(tte, cte)
+                runs["raw"][r, te] = b.predict_proba(tte, cte, calibrated=False)
+            if config.clinical:
+                cfg_img = TrainConfig.from_dict({**config.to_dict(), "clinical": [], "per_subtype": False})
+                runs["img"][r, te] = train_model(ttr, y[tr], cfg_img, feature_names=feature_names,
+                                                 groups=gtr).predict_proba(tte)
+            fold_aucs.append(roc_auc(y[te], runs["oof"][r, te]))
+            n_sel.append(len(b.selection.indices))
+            msgs.append(b.selection.message)
+            if "recipe" in b.config:
+                chosen.append(f"r{r + 1}f{k + 1}: {b.config['recipe']}")
+            if b.calibrator is not None:
+                methods.add(b.calibrator.method)
+    report(progress, total, total, "done")
+    oof = runs["oof"].mean(axis=0)
     auc, lo, hi = bootstrap_auc_ci(y, oof, config.n_bootstrap, config.seed)
-    rep = CVReport(slide_ids=slide_ids, labels=y, oof=oof, fold=fold, auc=auc, ci=(lo, hi), fold_aucs=fold_aucs,
-                   n_selected=n_sel, messages=msgs, n_splits=config.cv, grouped=grouped)
-    if oof_img is not None:
-        a, l2, h2 = bootstrap_auc_ci(y, oof_img, config.n_bootstrap, config.seed)
-        rep.oof_image_only, rep.auc_image_only, rep.ci_image_only = oof_img, a, (l2, h2)
-    if oof_pool is not None:
-        a, l2, h2 = bootstrap_auc_ci(y, oof_pool, config.n_bootstrap, config.seed)
-        rep.oof_pooled, rep.auc_pooled, rep.ci_pooled = oof_pool, a, (l2, h2)
+    rep = CVReport(slide_ids=slide_ids, labels=y, oof=oof, fold=first_fold, auc=auc, ci=(lo, hi),
+                   fold_aucs=fold_aucs, n_selected=n_sel, messages=msgs, n_splits=config.cv, grouped=grouped,
+                   repeats=repeats, repeat_aucs=[roc_auc(y, o) for o in runs["oof"]], recipes=chosen or None)
+    if config.clinical:
+        a, l2, h2 = bootstrap_auc_ci(y, runs["img"].mean(axis=0), config.n_bootstrap, config.seed)
+        rep.oof_image_only, rep.auc_image_only, rep.ci_image_only = runs["img"].mean(axis=0), a, (l2, h2)
+    if routed:
+        a, l2, h2 = bootstrap_auc_ci(y, runs["pool"].mean(axis=0), config.n_bootstrap, config.seed)
+        rep.oof_pooled, rep.auc_pooled, rep.ci_pooled = runs["pool"].mean(axis=0), a, (l2, h2)
+    rep.brier, rep.ece = brier_score(y, oof), expected_calibration_error(y, oof)
+    rep.operating_points = operating_points(y, oof)
+    if methods:
+        rep.calibration = "/".join(sorted(methods))
+        if np.isfinite(runs["raw"]).all():
+            rep.oof_uncalibrated = runs["raw"].mean(axis=0)
+            rep.ece_uncalibrated = expected_calibration_error(y, rep.oof_uncalibrated)
     return rep
+
+
+# --------------------------------------------------------------------------- evidence
+DEMO_NOTE = "demo model trained on synthetic slides — not for diagnosis"
+
+
+def evidence(bundle: ModelBundle, probability: float | None = None) -> dict:
+    """What stands behind a bundle's probability: CV AUC and CI, slides, calibration, operating points, demo flag.
+
+    With ``probability``, also on which side of each operating point's threshold it falls.
+    """
+    cfg, rep = bundle.config, bundle.cv_report
+    out: dict = {"demo": bool(cfg.get("demo")), "note": DEMO_NOTE if cfg.get("demo") else "",
+                 "n_slides": cfg.get("n_slides"), "n_positive": cfg.get("n_positive"),
+                 "recipe": cfg.get("recipe"), "calibration": cfg.get("calibration")
+                 if bundle.calibrator is not None else None}
+    if out["n_slides"] is not None and out["n_positive"] is not None:
+        out["n_negative"] = int(out["n_slides"]) - int(out["n_positive"])
+    if rep is not None:
+        out.update(cv_auc=float(rep.auc), cv_ci=[float(rep.ci[0]), float(rep.ci[1])], cv_folds=rep.n_splits,
+                   cv_repeats=rep.repeats, brier=rep.brier, ece=rep.ece)
+    points = bundle.operating_points
+    if points:
+        for key in ("rule_out", "rule_in"):
+            pt = points.get(key)
+            if pt:
+                out[key] = {k: pt[k] for k in ("threshold", "sensitivity", "specificity", "ppv", "npv")}
+                if probability is not None:
+                    out[key]["side"] = side_of(probability, pt)
+    return out
+
+
+def operating_point_lines(bundle: ModelBundle, probability: float) -> list[str]:
+    """Per operating point of the bundle: its threshold and on which side ``probability`` falls ([] without any)."""
+    points = bundle.operating_points or {}
+    lines = []
+    for key, label, pos, neg in (("rule_out", "rule-out (>= 90% sensitivity)", "not ruled out", "ruled out"),
+                                 ("rule_in", "rule-in (>= 90% specificity)", "ruled in", "not ruled in")):
+        pt = points.get(key)
+        if pt:
+            side = side_of(probability, pt)
+            lines.append(f"{label}: {probability:.3f} is {side} the threshold {pt['threshold']:.3f} -> "
+                         f"{pos if side == 'above' else neg} (CV sensitivity {pt['sensitivity']:.2f}, "
+                         f"specificity {pt['specificity']:.2f}, NPV {pt['npv']:.2f}, PPV {pt['ppv']:.2f})")
+    return lines
+
+
+def evidence_text(bundle: ModelBundle, probability: float | None = None) -> str:
+    """Lines to show under a probability: CV AUC with CI, slides, calibration error, thresholds, demo note."""
+    e = evidence(bundle, probability)
+    lines = []
+    if e["demo"]:
+        lines.append(e["note"])
+    if e.get("cv_auc") is not None:
+        rep = f", {e['cv_repeats']} repeats" if (e.get("cv_repeats") or 1) > 1 else ""
+        lines.append(f"cross-validated ROC-AUC {e['cv_auc']:.2f} (95% CI {e['cv_ci'][0]:.2f}-{e['cv_ci'][1]:.2f}, "
+                     f"{e['cv_folds']} folds{rep})")
+    else:
+        lines.append("no cross-validation report in this model")
+    if e.get("n_slides") is not None:
+        neg = f" / {e['n_negative']} not" if "n_negative" in e else ""
+        lines.append(f"trained on {e['n_slides']} slides ({e['n_positive']} metastatic{neg})")
+    if e.get("ece") is not None:
+        how = f"{e['calibration']}-calibrated" if e.get("calibration") else "uncalibrated"
+        lines.append(f"probabilities {how}: calibration error {e['ece']:.2f}, Brier {e['brier']:.2f}")
+    for key, label in (("rule_out", "rule-out (>= 90% sensitivity)"), ("rule_in", "rule-in (>= 90% specificity)")):
+        pt = e.get(key)
+        if pt:
+            side = f": this slide is {pt['side']}" if pt.get("side") else ""
+            lines.append(f"{label} threshold {pt['threshold']:.2f} (sens {pt['sensitivity']:.0%}, spec "
+                         f"{pt['specificity']:.0%}, NPV {pt['npv']:.0%}, PPV {pt['ppv']:.0%}){side}")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- leakage

@@ -42,6 +42,21 @@ def evaluate_cohort(bundle, cohort: pd.DataFrame, tables: list[pd.DataFrame]) ->
     return out
 
 
+def external_calibration(bundle, y: np.ndarray, p: np.ndarray) -> str:
+    """Brier score and calibration error on the external cohort, and each CV operating point's sensitivity and
+    specificity there, one line each."""
+    from napari_lnm.calibration import brier_score, confusion_at, expected_calibration_error
+
+    lines = [f"Brier {brier_score(y, p):.3f}, expected calibration error {expected_calibration_error(y, p):.3f}"]
+    for key, label in (("rule_out", "rule-out"), ("rule_in", "rule-in")):
+        pt = (bundle.operating_points or {}).get(key)
+        if pt:
+            c = confusion_at(y, p, pt["threshold"])
+            lines.append(f"{label} threshold {pt['threshold']:.3f} (from the CV): sensitivity {c['sensitivity']:.2f} "
+                         f"(CV {pt['sensitivity']:.2f}), specificity {c['specificity']:.2f} (CV {pt['specificity']:.2f})")
+    return "\n".join(lines)
+
+
 def tiling_mismatch(model_tiling: dict | None, features_tiling: dict | None) -> str:
     """'' if the features were made with the model's tiling (magnification, tile size, segmentation, minimum
     tissue, overlap), else what differs, each with both values."""
@@ -69,6 +84,7 @@ def tiling_mismatch(model_tiling: dict | None, features_tiling: dict | None) -> 
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
     from napari_lnm._atomic import atomic_dir
+    from napari_lnm.calibration import save_reliability_png
     from napari_lnm.model import (ModelBundle, bootstrap_auc_ci, load_feature_tables, read_cohort_csv,
                                   save_roc_png)
 
@@ -94,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         y = res["label"].astype(int).to_numpy()
         auc, lo, hi = bootstrap_auc_ci(y, res["probability"].to_numpy(), args.bootstrap, args.seed)
         summary = f"external ROC-AUC {auc:.3f} (95% CI {lo:.3f}-{hi:.3f}), {len(y)} slides ({int(y.sum())} metastatic)"
+        summary += "\n" + external_calibration(bundle, y, res["probability"].to_numpy())
     try:
         with atomic_dir(out) as tmp:
             tmp = Path(tmp)
@@ -101,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
             if auc is not None:
                 save_roc_png(tmp / "roc.png", {f"external (AUC {auc:.2f})": (y, res["probability"].to_numpy())},
                              title=f"{Path(args.model_dir).name} on {Path(args.cohort).name}")
+                save_reliability_png(tmp / "reliability.png", y, res["probability"].to_numpy(),
+                                     title=f"{Path(args.model_dir).name} on {Path(args.cohort).name}")
             (tmp / "summary.txt").write_text(summary + "\n", encoding="utf-8")
             (tmp / MARKER).write_text(marker_text(EVALUATION), encoding="utf-8")
     except OSError as exc:

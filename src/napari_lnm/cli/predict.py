@@ -161,8 +161,8 @@ def _summary_row(pred: Any, job: dict, out: Path) -> dict:
     }
 
 
-def print_prediction(pred: Any, out: Path, top: int = 5, file=None) -> None:
-    """Print the probability, the top features and where the results are."""
+def print_prediction(pred: Any, out: Path, top: int = 5, file=None, bundle: Any = None) -> None:
+    """Print the probability, the top features, the side of the bundle's operating points and where the results are."""
     file = file or sys.stdout
     sub = f", subtype {pred.subtype['subtype']} -> model {pred.subtype.get('model_used')}" if pred.subtype else ""
     print(f"{pred.slide_id}: P(metastasis) = {pred.probability:.3f} ({pred.label}); "
@@ -170,6 +170,11 @@ def print_prediction(pred: Any, out: Path, top: int = 5, file=None) -> None:
     for r in pred.top_features.head(top).itertuples():
         sign = "+" if r.contribution >= 0 else "-"
         print(f"  {sign}{abs(r.contribution):.3f} log-odds  {r.element}  [{r.kind}]", file=file)
+    if bundle is not None:
+        from napari_lnm.model import operating_point_lines
+
+        for line in operating_point_lines(bundle, pred.probability):
+            print(f"  {line}", file=file)
     print(f"  results: {out}/result.json, importance.png, key_tiles.png, tiles.parquet", file=file)
 
 
@@ -257,7 +262,7 @@ def run(args) -> int:
         pred.model.setdefault("path", str(args.model))
         pred.model["run_key"] = job_key
         pred.save(out)
-        print_prediction(pred, out)
+        print_prediction(pred, out, bundle=bundle)
         rows.append(_summary_row(pred, job, out))
         slides(k + 1, len(jobs), f"{job['slide_id']} done, {pred.n_tiles} tiles")
     if batch:

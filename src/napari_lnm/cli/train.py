@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
+from napari_lnm.calibration import ISOTONIC_MIN_SLIDES
 from napari_lnm.errors import UserError
+from napari_lnm.recipe import AUTO, FIXED, NAMES
 
 
 def add_parser(subparsers) -> None:
@@ -23,17 +24,29 @@ def add_parser(subparsers) -> None:
     p.add_argument("--cohort", required=True, help="cohort CSV: slide_id,path,label[,subtype][,patient_id],...")
     p.add_argument("--out", required=True, help="model folder to write: new, empty or an earlier model (replaced "
                                                 "only on success)")
-    p.add_argument("--fusion", default="histogram", choices=["histogram", "mean", "max", "pnorm", "quantile",
-                                                             "kmeans"])
-    p.add_argument("--bins", type=int, default=5, help="histogram bins (k for k-means fusion); default 5")
-    p.add_argument("--edges", default="quantile", choices=["quantile", "uniform"],
+    p.add_argument("--recipe", default=None, choices=[AUTO, FIXED, *NAMES],
+                   help="auto (default): every outer fold and the final model choose fusion, selection and "
+                        "classifier from a small grid by inner CV; 'seed' = histogram + KS + XGBoost; 'fixed' "
+                        "(implied by --fusion/--bins/--edges/--p/--select/--alpha/--top-q/--classifier) = "
+                        "exactly those flags")
+    p.add_argument("--fusion", default=None, choices=["histogram", "mean", "max", "pnorm", "quantile", "kmeans"],
+                   help="fusion of a fixed recipe (default histogram)")
+    p.add_argument("--bins", type=int, default=None, help="histogram bins (k for k-means fusion); default 5")
+    p.add_argument("--edges", default=None, choices=["quantile", "uniform"],
                    help="histogram bin edges fitted on the training slides (default quantile)")
-    p.add_argument("--p", type=float, default=3.0, help="exponent of the p-norm fusion")
-    p.add_argument("--select", default="ks", choices=["ks", "mannwhitney", "ttest", "anova", "none"])
-    p.add_argument("--alpha", type=float, default=0.05, help="keep elements with p < alpha (default 0.05)")
+    p.add_argument("--p", type=float, default=None, help="exponent of the p-norm fusion (default 3)")
+    p.add_argument("--select", default=None, choices=["ks", "mannwhitney", "ttest", "anova", "none"],
+                   help="selection test of a fixed recipe (default ks)")
+    p.add_argument("--alpha", type=float, default=None, help="keep elements with p < alpha (default 0.05)")
     p.add_argument("--top-q", type=int, default=None, help="keep the Q elements with the smallest p instead")
-    p.add_argument("--classifier", default="xgboost", choices=["xgboost", "logreg", "svm", "mlp"])
+    p.add_argument("--classifier", default=None, choices=["xgboost", "logreg", "svm", "mlp"],
+                   help="classifier of a fixed recipe (default xgboost)")
+    p.add_argument("--calibration", default="auto", choices=["auto", "platt", "isotonic", "none"],
+                   help="calibrate probabilities on inner-CV predictions (auto: Platt, isotonic from "
+                        f"{ISOTONIC_MIN_SLIDES} slides; default auto)")
     p.add_argument("--cv", type=int, default=5, help="outer cross-validation folds (default 5)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="repeat the outer CV with other fold seeds; probabilities averaged (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clinical", default="", help="comma-separated cohort columns to add, e.g. T_stage,CEA")
     p.add_argument("--per-subtype", action="store_true",
@@ -47,6 +60,22 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+#: The fixed-recipe flags and their defaults; giving any of them (without --recipe) fixes the recipe by hand.
+RECIPE_FLAGS = {"fusion": "histogram", "bins": 5, "edges": "quantile", "p": 3.0, "select": "ks", "alpha": 0.05,
+                "top_q": None, "classifier": "xgboost"}
+
+
+def resolve_recipe(args: argparse.Namespace) -> str:
+    """The recipe to train ('auto' unless a fixed-recipe flag is given); fills the flags' defaults into ``args``."""
+    given = [k for k in RECIPE_FLAGS if getattr(args, k) is not None]
+    for k, v in RECIPE_FLAGS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.recipe is not None:
+        return args.recipe
+    return FIXED if given else AUTO
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the command; returns the exit code."""
     from napari_lnm.errors import CohortError
@@ -57,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
     from napari_lnm.progress import ProgressReporter
 
     out = check_out_dir(args.out, MODEL)
+    recipe = resolve_recipe(args)
+    if args.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {args.repeats}")
     if not 0.0 < args.alpha <= 1.0:
         raise UserError(f"--alpha must be in (0, 1], got {args.alpha}")
     if args.top_q is not None and args.top_q < 1:
@@ -81,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
                          alpha=args.alpha, top_q=args.top_q, classifier=args.classifier, cv=args.cv,
                          seed=args.seed, clinical=clinical_cols, per_subtype=args.per_subtype,
                          min_subtype_slides=args.min_subtype_slides, n_bootstrap=args.bootstrap,
-                         nthread=args.threads, tiling=tiling)
+                         nthread=args.threads, tiling=tiling, recipe=recipe, calibration=args.calibration,
+                         repeats=args.repeats)
     groups = cohort["patient_id"].astype(str).to_numpy() if "patient_id" in cohort.columns else None
     subtypes = cohort["subtype"].tolist() if "subtype" in cohort.columns else None
     clinical = cohort[list(clinical_cols)] if clinical_cols else None
@@ -106,10 +139,13 @@ def run(args: argparse.Namespace) -> int:
 
     y = np.asarray(labels).astype(int)
     print(f"{len(y)} slides ({int(y.sum())} metastatic, {int((1 - y).sum())} not), {len(bundle.feature_names)} "
-          f"tile features -> {len(bundle.fusion.element_names)} fused elements ({config.fusion})")
+          f"tile features -> {len(bundle.fusion.element_names)} fused elements ({bundle.config.get('fusion', config.fusion)})")
     print(report.summary())
-    print(f"final model: {bundle.selection.message}; classifier {config.classifier}"
-          + (f" with {bundle.config.get('n_trees')} trees" if config.classifier == "xgboost" else ""))
+    for line in recipe_lines(report, bundle):
+        print(line)
+    clf = bundle.config.get("classifier", config.classifier)
+    print(f"final model: {bundle.selection.message}; classifier {clf}"
+          + (f" with {bundle.config.get('n_trees')} trees" if clf == "xgboost" else ""))
     if bundle.selection.fallback:
         print(f"warning: {bundle.selection.message}")
     for name, how in bundle.subtype_routing.items():
@@ -119,3 +155,26 @@ def run(args: argparse.Namespace) -> int:
         print("top elements: " + "; ".join(top["description"].astype(str)))
     print(f"wrote {out} (CV {t_cv:.1f} s, total {t_all:.1f} s)")
     return 0
+
+
+def recipe_lines(report, bundle) -> list[str]:
+    """The recipe chosen per outer fold and for the final model, and the operating points, one line each."""
+    from napari_lnm.recipe import get
+
+    lines = []
+    counts = report.recipe_counts()
+    if counts:
+        lines.append("recipe chosen per outer fold: " + ", ".join(f"{n} x{c}" for n, c in counts.items()))
+    name = bundle.config.get("recipe")
+    if name and name != FIXED:
+        scores = bundle.config.get("recipe_scores") or {}
+        score = f", inner-CV AUC {scores[name]:.3f}" if scores.get(name) is not None else ""
+        lines.append(f"final model recipe: {name} ({get(name).describe()}{score})")
+    for key, label in (("rule_out", "rule-out (>= 90% sensitivity)"), ("rule_in", "rule-in (>= 90% specificity)")):
+        pt = (report.operating_points or {}).get(key)
+        if pt:
+            lines.append(f"{label}: probability >= {pt['threshold']:.3f} is positive; sensitivity "
+                         f"{pt['sensitivity']:.2f} ({pt['sensitivity_ci'][0]:.2f}-{pt['sensitivity_ci'][1]:.2f}), "
+                         f"specificity {pt['specificity']:.2f} ({pt['specificity_ci'][0]:.2f}-"
+                         f"{pt['specificity_ci'][1]:.2f}), PPV {pt['ppv']:.2f}, NPV {pt['npv']:.2f}")
+    return lines

@@ -1,0 +1,140 @@
+"""Default ``train`` recipe (inner-CV choice + calibration) vs fixed recipes vs the oracle, on a synth cohort.
+
+Run (features extracted once, then reused)::
+
+    napari-lnm synth C --n-slides 200 --seed 16 --size 1536x1536 --positive-fraction 0.333
+    napari-lnm extract --cohort C/cohort.csv --out F --tile-size 256 --max-tiles 24 --workers 1
+    OMP_NUM_THREADS=1 nice python benchmarks/bench_recipe.py --cohort C/cohort.csv --features F \\
+        --cohort-seed 16 --positive-fraction 0.333 --sizes 60,160 --seeds 0,1,2,3 [--curve 30,60,100,150]
+
+The oracle is a cross-validated logistic regression on the generator's latent truth:
+the per-slide severity that ``synth.make_cohort`` draws (label + N(0, SEVERITY_SD)),
+replayed here from the cohort seed. Each (size, seed) row takes a stratified random
+subset of that many slides (seed) and runs a 5-fold nested CV with fold seed ``seed``.
+``--curve`` adds a learning curve: train on N slides, score on a fixed held-out set.
+Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from napari_lnm.calibration import expected_calibration_error  # noqa: E402
+from napari_lnm.model import TrainConfig, cross_validate, load_feature_tables, read_cohort_csv, roc_auc, \
+    train_model  # noqa: E402
+from napari_lnm.synth import SEVERITY_SD, SUBTYPES  # noqa: E402
+
+CONFIGS = {
+    "default (auto + Platt)": dict(recipe="auto", calibration="auto"),
+    "seed recipe, uncalibrated (old default)": dict(recipe="seed"),
+    "mean + none + logreg, fixed": dict(recipe="mean-none-logreg"),
+}
+
+
+def latent_severity(n_slides: int, seed: int, positive_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, severity) per slide exactly as make_cohort draws them (one slide per patient, default subtypes)."""
+    rng = np.random.default_rng(seed)
+    n_pos = int(round(n_slides * positive_fraction))
+    labels = rng.permutation(np.r_[np.ones(n_pos, int), np.zeros(n_slides - n_pos, int)])
+    rng.permutation([SUBTYPES[i % len(SUBTYPES)] for i in range(n_slides)])
+    return labels, labels + rng.normal(0.0, SEVERITY_SD, n_slides)
+
+
+def oracle_auc(y: np.ndarray, severity: np.ndarray, seed: int) -> float:
+    """Out-of-fold AUC of a 5-fold logistic regression on the latent severity."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    p = cross_val_predict(LogisticRegression(), severity[:, None], y, method="predict_proba",
+                          cv=StratifiedKFold(5, shuffle=True, random_state=seed))[:, 1]
+    return roc_auc(y, p)
+
+
+def subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Indices of a stratified random subset of n slides (all of them when n >= len(y))."""
+    if n >= len(y):
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    k = int(round(n * len(pos) / len(y)))
+    return np.sort(np.r_[rng.choice(pos, k, replace=False), rng.choice(neg, n - k, replace=False)])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cohort", required=True)
+    ap.add_argument("--features", required=True)
+    ap.add_argument("--cohort-seed", type=int, required=True, help="the --seed the cohort was synthesised with")
+    ap.add_argument("--positive-fraction", type=float, default=0.5)
+    ap.add_argument("--sizes", default="60,160")
+    ap.add_argument("--seeds", default="0,1,2,3")
+    ap.add_argument("--curve", default="", help="training sizes for a learning curve, e.g. 30,60,100,150")
+    ap.add_argument("--holdout", type=int, default=50, help="held-out slides of the learning curve")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    cohort = read_cohort_csv(args.cohort)
+    tables, _ = load_feature_tables(cohort, args.features)
+    y = cohort["label"].to_numpy(dtype=int)
+    labels, sev = latent_severity(len(y), args.cohort_seed, args.positive_fraction)
+    if not np.array_equal(labels, y):
+        raise SystemExit("the cohort's labels are not those of --cohort-seed / --positive-fraction")
+    ntiles = int(np.median([len(t) for t in tables]))
+    print(f"{len(y)} synthetic slides ({y.sum()} metastatic), cohort seed {args.cohort_seed}, median {ntiles} "
+          f"tiles/slide, {len(tables[0].columns) - 5} tile features\n")
+    print("| slides | seed | oracle AUC | recipe | nested-CV AUC (95% CI) | gap to oracle | ECE | Brier | "
+          "recipes chosen (outer folds) | time s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for n in [int(v) for v in args.sizes.split(",") if v]:
+        for seed in [int(v) for v in args.seeds.split(",") if v]:
+            idx = subset(y, n, seed)
+            orc = oracle_auc(y[idx], sev[idx], seed)
+            for name, kw in CONFIGS.items():
+                cfg = TrainConfig(seed=seed, nthread=args.threads, n_bootstrap=1000, **kw)
+                t0 = time.perf_counter()
+                rep = cross_validate([tables[i] for i in idx], y[idx], config=cfg)
+                dt = time.perf_counter() - t0
+                chosen = ", ".join(f"{k} x{v}" for k, v in rep.recipe_counts().items())
+                print(f"| {len(idx)} | {seed} | {orc:.3f} | {name} | {rep.auc:.3f} ({rep.ci[0]:.2f}-{rep.ci[1]:.2f}) | "
+                      f"{rep.auc - orc:+.3f} | {rep.ece:.3f} | {rep.brier:.3f} | {chosen} | {dt:.0f} |", flush=True)
+                rows.append(dict(n=len(idx), seed=seed, recipe=name, auc=rep.auc, oracle=orc, ece=rep.ece))
+    df = pd.DataFrame(rows)
+    if len(df):
+        print("\n| slides | recipe | mean AUC | mean gap to oracle | mean ECE |\n|---|---|---|---|---|")
+        for (n, name), g in df.groupby(["n", "recipe"], sort=False):
+            print(f"| {n} | {name} | {g.auc.mean():.3f} | {(g.auc - g.oracle).mean():+.3f} | {g.ece.mean():.3f} |")
+    if args.curve:
+        learning_curve(tables, y, sev, [int(v) for v in args.curve.split(",")],
+                       [int(v) for v in args.seeds.split(",") if v], args.holdout, args.threads)
+    return 0
+
+
+def learning_curve(tables, y, sev, sizes, seeds, n_holdout: int, threads: int) -> None:
+    """Train on N slides, score AUC / ECE on a fixed stratified held-out set (seed 0), per seed; print a table."""
+    hold = subset(y, n_holdout, 12345)
+    rest = np.setdiff1d(np.arange(len(y)), hold)
+    print(f"\nLearning curve: held-out {len(hold)} slides ({y[hold].sum()} metastatic), oracle AUC on them "
+          f"{roc_auc(y[hold], sev[hold]):.3f}\n")
+    print("| training slides | recipe | AUC per seed | mean AUC | mean ECE |\n|---|---|---|---|---|")
+    for n in sizes:
+        for name, kw in list(CONFIGS.items())[:2]:
+            aucs, eces = [], []
+            for seed in seeds:
+                tr = rest[subset(y[rest], n, seed)]
+                b = train_model([tables[i] for i in tr], y[tr], TrainConfig(seed=seed, nthread=threads, **kw))
+                p = b.predict_proba([tables[i] for i in hold])
+                aucs.append(roc_auc(y[hold], p))
+                eces.append(expected_calibration_error(y[hold], p))
+            print(f"| {n} | {name} | {', '.join(f'{a:.3f}' for a in aucs)} | {np.mean(aucs):.3f} | "
+                  f"{np.mean(eces):.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""The small grid of training recipes (fusion, selection, classifier) that ``train`` chooses from by inner CV.
+
+A recipe overrides the fusion / selection / classifier fields of a
+:class:`napari_lnm.model.TrainConfig`. ``"seed"`` is the method's own recipe
+(5-bin histogram fusion, KS selection, XGBoost) and is always in the grid; the
+others suit small cohorts (fewer, smoother elements and regularised linear
+models). :func:`napari_lnm.model.train_model` with ``recipe="auto"`` scores every
+recipe by patient-grouped inner cross-validation on its training slides only
+and keeps the best (ties: the earlier one in :data:`GRID`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+AUTO = "auto"  # choose among GRID by inner CV
+FIXED = "fixed"  # use the TrainConfig's own fusion / selection / classifier fields
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One fusion + selection + classifier choice."""
+
+    name: str
+    fusion: str
+    bins: int
+    test: str
+    classifier: str
+    top_q: int | None = None
+    params: dict = field(default_factory=dict, hash=False)
+
+    def overrides(self) -> dict:
+        """The TrainConfig fields this recipe sets."""
+        return {"fusion": self.fusion, "bins": self.bins, "edges": "quantile", "test": self.test,
+                "alpha": 0.05, "top_q": self.top_q, "classifier": self.classifier,
+                "classifier_params": dict(self.params) or None}
+
+    def describe(self) -> str:
+        """e.g. 'mean fusion, no selection, logreg (C=0.1)'."""
+        fus = f"{self.bins}-bin histogram" if self.fusion == "histogram" else self.fusion
+        sel = "no selection" if self.test == "none" else (
+            f"top {self.top_q} by {self.test}" if self.top_q else f"{self.test} selection")
+        par = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{fus} fusion, {sel}, {self.classifier}{f' ({par})' if par else ''}"
+
+
+SHALLOW_XGB = {"max_depth": 2, "eta": 0.05, "min_child_weight": 3.0, "subsample": 0.8, "colsample_bytree": 0.5}
+
+GRID: tuple[Recipe, ...] = (
+    Recipe("seed", "histogram", 5, "ks", "xgboost"),
+    Recipe("mean-none-logreg", "mean", 5, "none", "logreg", params={"C": 0.05}),
+    Recipe("mean-ks-logreg", "mean", 5, "ks", "logreg", params={"C": 0.1}),
+    Recipe("mean-none-enet", "mean", 5, "none", "logreg",
+           params={"C": 0.1, "penalty": "elasticnet", "l1_ratio": 0.5}),
+    Recipe("quantile-none-logreg", "quantile", 5, "none", "logreg", params={"C": 0.02}),
+    Recipe("hist3-ks-logreg", "histogram", 3, "ks", "logreg", params={"C": 0.05}),
+    Recipe("mean-ks-xgb-shallow", "mean", 5, "ks", "xgboost", params=dict(SHALLOW_XGB)),
+)
+NAMES: tuple[str, ...] = tuple(r.name for r in GRID)
+
+
+def get(name: str) -> Recipe:
+    """The grid recipe called ``name``; ValueError naming the choices otherwise."""
+    for r in GRID:
+        if r.name == name:
+            return r
+    raise ValueError(f"unknown recipe {name!r}; choose {AUTO!r}, {FIXED!r} or one of {', '.join(NAMES)}")
