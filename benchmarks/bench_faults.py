@@ -79,7 +79,9 @@ def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 def run_with_fault(cmd: list[str], rng: random.Random, max_wait: float) -> tuple[str, int, int]:
     """Start ``cmd``, inject one random fault after a random delay; (fault, exit code, processes left after 5 s)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a background shell starts its jobs with SIGINT ignored: give the job a terminal user's default
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(rng.uniform(1.0, max_wait))
     fault = rng.choice(FAULTS)
     seen = job_processes(proc)

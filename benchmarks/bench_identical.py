@@ -35,8 +35,9 @@ from napari_lnm.extract import extract_cohort
 from napari_lnm.model import ModelBundle, TrainConfig, train_model, load_feature_tables
 from napari_lnm.pipeline import predict_slide
 
-# run-specific fields; "slide_file" (the slide file's identity, a resume key) is newer than some refs
-VOLATILE = {"package_version", "timings", "slide_path", "path", "directory", "csv", "slide_file"}
+# run-specific fields, and provenance fields newer than some refs (the slide file's identity and whether
+# --mpp was forced: resume keys)
+VOLATILE = {"package_version", "timings", "slide_path", "path", "directory", "csv", "slide_file", "mpp_forced"}
 
 def h(b):
     return hashlib.sha256(b).hexdigest()[:16]

@@ -9,6 +9,7 @@ import pytest
 
 from napari_lnm import features as F
 from napari_lnm.errors import UserError
+from napari_lnm.explain import KIND_COLOURS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,8 @@ def test_names_and_catalog():
     assert len(set(names)) == len(names) > 200
     for info in cat:
         assert info.name.startswith(info.group + ".")
-        assert info.group in ("tile", "nucleus", "graph")
+        assert info.group in ("tile", "nucleus", "graph", "cells")
+        assert info.kind in KIND_COLOURS and info.kind != "other"
         assert info.unit and info.definition
     assert F.feature_names() == names  # stable between calls
     for must in ["tile.h_glcm_contrast_d1um", "nucleus.area_mean", "nucleus.solidity_p90", "nucleus.density",

@@ -48,6 +48,7 @@ KIND_COLOURS: dict[str, str] = {
     "nucleus texture": "#1f6fe0",  # blue
     "arrangement": "#1a9850",  # green
     "tile texture": "#f5c400",  # yellow
+    "immune and cell mix": "#984ea3",  # purple: cell-type composition and interaction (cells.*)
     "other": "#8c8c8c",  # grey: clinical variables, deep features
 }
 KINDS: tuple[str, ...] = tuple(KIND_COLOURS)
@@ -61,38 +62,25 @@ KEY_TILE_COLUMNS = [
     "value", "score", "effect", "reason", "tile_index",
 ]
 
-_TEXTURE_TOKENS = frozenset({
-    "intensity", "texture", "gradient", "grad", "entropy", "glcm", "haralick", "contrast",
-    "homogeneity", "energy", "correlation", "dissimilarity", "asm", "lbp", "od",
-    "h", "e", "hematoxylin", "haematoxylin", "eosin", "skew", "skewness", "kurtosis",
-    "chromatin", "sobel", "laplacian", "idm", "variance_h",
-})
-_ARRANGEMENT_TOKENS = frozenset({"count", "density", "number", "crowding", "nnd", "neighbours", "neighbors"})
+def _catalog_kinds() -> dict[str, str]:
+    """Feature name -> kind, from the feature catalogue (each feature declares its kind)."""
+    from napari_lnm.features import feature_catalog
+
+    return {i.name: i.kind for i in feature_catalog()}
 
 
-def _tokens(name: str) -> set[str]:
-    """Lower-case word tokens of a feature name ('nucleus.area_mean' -> {'area', 'mean'})."""
-    return {t for t in re.split(r"[^a-z0-9]+", name.lower()) if t}
+_KINDS: dict[str, str] = {}
 
 
 def feature_kind(feature_name: str) -> str:
-    """Kind of a tile feature: 'nucleus size', 'nucleus texture', 'arrangement', 'tile texture' or 'other'."""
-    name = str(feature_name).split("|", 1)[0].lower()
-    group, _, rest = name.partition(".")
-    if not rest:
-        group, rest = "", name
-    if group == "graph":
-        return "arrangement"
-    if group == "nucleus":
-        toks = _tokens(rest)
-        if toks & _ARRANGEMENT_TOKENS:
-            return "arrangement"
-        if toks & _TEXTURE_TOKENS:
-            return "nucleus texture"
-        return "nucleus size"  # morphology: area, perimeter, axes, eccentricity, solidity ...
-    if group == "tile":
-        return "tile texture"
-    return "other"
+    """Kind of a feature (``KIND_COLOURS`` key) from the feature catalogue; a name outside it gets its
+    group's default kind (``features.group_kind``), clinical variables and deep features 'other'."""
+    from napari_lnm.features import group_kind
+
+    if not _KINDS:
+        _KINDS.update(_catalog_kinds())
+    name = str(feature_name).split("|", 1)[0]
+    return _KINDS.get(name) or group_kind(name)
 
 
 _UNIT_GUESS = (

@@ -31,7 +31,7 @@ from ._subtype import SUBTYPE_COLOURS, subtype_colour, subtype_counts, subtype_s
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "demo_model"
 MAGNIFICATIONS = ("5", "10", "20", "40")
 TILE_SIZES = ("224", "256", "299", "512", "1024")
-KIND_LEGEND = ("nucleus size", "nucleus texture", "arrangement", "tile texture")
+KIND_LEGEND = ("nucleus size", "nucleus texture", "arrangement", "tile texture", "immune and cell mix")
 
 
 HOVER_HELP = "hover over a numbered key tile to read why it matters"

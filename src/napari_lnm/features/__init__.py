@@ -1,5 +1,6 @@
-"""Per-tile features in three groups — ``tile.*`` (H/E images), ``nucleus.*`` (nucleus label image)
-and ``graph.*`` (nucleus centroids) — with lengths in µm, areas in µm², densities per mm² and
+"""Per-tile features in four groups — ``tile.*`` (H/E images), ``nucleus.*`` (nucleus label image),
+``graph.*`` (nucleus centroids) and ``cells.*`` (typed nuclei: composition, morphology by type,
+interaction) — with lengths in µm, areas in µm², densities per mm² and
 intensities in OD, so tiles at any magnification are comparable.
 
 ``analyse_tile`` runs colour deconvolution and nucleus segmentation (``napari_lnm.stain`` /
@@ -9,12 +10,13 @@ intensities in OD, so tiles at any magnification are comparable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from napari_lnm.errors import UserError
 
+from . import cells as _cells
 from . import graph as _graph
 from . import nucleus as _nucleus
 from . import tile as _tile
@@ -27,6 +29,7 @@ __all__ = [
     "tile_features",
     "feature_names",
     "feature_catalog",
+    "group_kind",
     "features_from_images",
 ]
 
@@ -34,21 +37,43 @@ __all__ = [
 @dataclass
 class TileAnalysis:
     """Everything computed for one tile: H and E (float32 OD), nucleus ``labels`` (int32),
-    ``centroids`` (n, 2) row/col px, and the ``features`` dict (keys = ``feature_names()``)."""
+    ``centroids`` (n, 2) row/col px, the ``features`` dict (keys = ``feature_names()``), and per nucleus
+    (centroid order) its label ``ids``, ``types`` (indices into ``cells.CELL_TYPES``) and type probabilities."""
 
     h: np.ndarray
     e: np.ndarray
     labels: np.ndarray
     centroids: np.ndarray
     features: dict[str, float] = field(default_factory=dict)
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    types: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    type_probs: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
+
+
+def group_kind(name: str) -> str:
+    """The explanation kind a feature name gets by its group's rule: ``tile.*`` tile texture; ``nucleus.*``
+    arrangement (count, density), texture (H and its gradient) or size; ``graph.*`` arrangement;
+    ``cells.*`` immune and cell mix; anything else (clinical, deep features) other."""
+    group, _, key = str(name).partition(".")
+    if group == "nucleus":
+        if key in ("count", "density"):
+            return "arrangement"
+        return "nucleus texture" if key.startswith(("h_", "grad_")) else "nucleus size"
+    return {"tile": "tile texture", "graph": "arrangement", "cells": _cells.KIND}.get(group, "other") if key else "other"
+
+
+_CATALOG: tuple[FeatureInfo, ...] = tuple(
+    i if i.kind else replace(i, kind=group_kind(i.name))
+    for i in (*_tile.CATALOG, *_nucleus.CATALOG, *_graph.CATALOG, *_cells.CATALOG)
+)
 
 
 def feature_catalog() -> list[FeatureInfo]:
-    """Every feature with its group, unit and definition, in the fixed feature order."""
-    return list(_tile.CATALOG) + list(_nucleus.CATALOG) + list(_graph.CATALOG)
+    """Every feature with its group, unit, definition and kind, in the fixed feature order."""
+    return list(_CATALOG)
 
 
-_NAMES: tuple[str, ...] = tuple(i.name for i in feature_catalog())
+_NAMES: tuple[str, ...] = tuple(i.name for i in _CATALOG)
 if len(set(_NAMES)) != len(_NAMES):  # pragma: no cover - guards the catalogue definition
     raise RuntimeError("duplicate feature names in the catalogue")
 
@@ -73,6 +98,16 @@ def features_from_images(
     h: np.ndarray, e: np.ndarray, labels: np.ndarray, mpp: float
 ) -> tuple[dict[str, float], np.ndarray]:
     """All features from precomputed H, E (float32 OD) and nucleus labels; returns (features, centroids)."""
+    ta = _analyse_images(h, e, labels, mpp)
+    return ta.features, ta.centroids
+
+
+def _analyse_images(h: np.ndarray, e: np.ndarray, labels: np.ndarray, mpp: float,
+                    types: np.ndarray | None = None) -> TileAnalysis:
+    """Every feature group from H, E (float32 OD) and nucleus labels; ``types`` per nucleus in label order
+    (None: typed from the nuclei's measurements by ``napari_lnm.nucleus_types``)."""
+    from napari_lnm.nucleus_types import nucleus_types
+
     mpp = _check_mpp(mpp)
     h = np.asarray(h, dtype=np.float32)
     e = np.asarray(e, dtype=np.float32)
@@ -86,8 +121,19 @@ def features_from_images(
     table = _nucleus.nucleus_table(labels, mpp, h, gh)
     feats.update(_nucleus.nucleus_features(labels, mpp, table=table))
     feats.update(_graph.graph_features(table.centroids, labels.shape, mpp))
+    if types is None:
+        types, probs = nucleus_types(table, mpp)
+    else:
+        types = np.asarray(types, np.int64).reshape(-1)
+        probs = np.eye(len(_cells.CELL_TYPES))[types] if len(types) else np.zeros((0, len(_cells.CELL_TYPES)))
+    tissue_mm2 = labels.size * mpp * mpp * 1e-6 * (1.0 - feats["tile.background_fraction"])
+    stromal = table.ids[types == _cells.STR]
+    measures = {key: table.column(key) for key, _u, _w in _cells.MORPHOLOGY}
+    feats.update(_cells.cell_features(table.centroids, types, measures, mpp, tissue_mm2,
+                                      _cells.stromal_orientations(labels, stromal)))
     out = {name: float(feats.get(name, np.nan)) for name in _NAMES}
-    return out, table.centroids
+    return TileAnalysis(h=h, e=e, labels=labels.astype(np.int32, copy=False), centroids=table.centroids,
+                        features=out, ids=table.ids, types=types, type_probs=probs)
 
 
 def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None,
@@ -108,8 +154,7 @@ def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None,
     labels = np.asarray(labels)
     if labels.shape != rgb.shape[:2]:
         raise UserError(f"tile: label image shape {labels.shape} does not match the tile {rgb.shape[:2]}")
-    feats, centroids = features_from_images(h, e, labels, mpp)
-    return TileAnalysis(h=h, e=e, labels=labels.astype(np.int32, copy=False), centroids=centroids, features=feats)
+    return _analyse_images(h, e, labels, mpp)
 
 
 def tile_features(rgb: np.ndarray, mpp: float, segmentation: str = "threshold") -> dict[str, float]:

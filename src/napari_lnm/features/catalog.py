@@ -12,12 +12,15 @@ __all__ = ["FeatureInfo", "summary_infos", "SUMMARY_STATS", "summarise", "GRAPH_
 
 @dataclass(frozen=True)
 class FeatureInfo:
-    """One feature: dotted ``name`` (prefixed by its group), ``group``, ``unit`` and a one-line ``definition``."""
+    """One feature: dotted ``name`` (prefixed by its group), ``group``, ``unit``, a one-line ``definition``
+    and the ``kind`` an explanation gives it (``explain.KIND_COLOURS``; filled in by ``features.feature_catalog``
+    from its group's rule when a group leaves it empty)."""
 
     name: str
     group: str
     unit: str
     definition: str
+    kind: str = ""
 
 
 #: Summary statistics of a per-nucleus measurement over the nuclei of a tile (name suffix, definition).
@@ -108,7 +111,7 @@ def names(infos: Iterable[FeatureInfo]) -> list[str]:
 
 
 def catalog_markdown(infos: Sequence[FeatureInfo]) -> str:
-    """The feature table as Markdown (one row per feature: name, group, unit, definition)."""
+    """The feature table as Markdown (one row per feature: name, group, unit, kind, definition)."""
     groups: dict[str, int] = {}
     for i in infos:
         groups[i.group] = groups.get(i.group, 0) + 1
@@ -121,12 +124,18 @@ def catalog_markdown(infos: Sequence[FeatureInfo]) -> str:
         + ", ".join(f"`{g}.*` {k}" for g, k in groups.items())
         + ". Lengths in µm, areas in µm², densities per mm², intensities in optical-density (OD)"
         " concentration units of the colour-deconvolved haematoxylin (H) and eosin (E) images."
-        " `NaN` where a feature is undefined (e.g. no nuclei, fewer than 3 nuclei for triangles).",
+        " `NaN` where a feature is undefined (e.g. no nuclei, fewer than 3 nuclei for triangles; for"
+        " `cells.*`, a tile without nuclei of that type gives NaN for that type's features)."
+        " The kind is the colour an explanation gives the feature (key tiles, chart, GeoJSON export).",
         "",
-        "| name | group | unit | definition |",
-        "|---|---|---|---|",
+        "`cells.*` features use a type per nucleus (epithelial, inflammatory, stromal, other): from the"
+        " nucleus measurements by `napari_lnm.nucleus_types` (a logistic regression trained on CoNSeP's"
+        " training tiles; held-out scores in docs/benchmarks.md).",
+        "",
+        "| name | group | unit | kind | definition |",
+        "|---|---|---|---|---|",
     ]
     for i in infos:
         definition = i.definition.replace("|", "\\|")
-        lines.append(f"| `{i.name}` | {i.group} | {i.unit} | {definition} |")
+        lines.append(f"| `{i.name}` | {i.group} | {i.unit} | {i.kind} | {definition} |")
     return "\n".join(lines) + "\n"
