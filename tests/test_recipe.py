@@ -162,3 +162,19 @@ def test_train_cli_defaults_to_auto_and_flags_fix_the_recipe():
     args = argparse.Namespace(recipe=None, **{**blank, "classifier": "logreg"})
     assert resolve_recipe(args) == "fixed" and args.fusion == "histogram" and args.bins == 5
     assert resolve_recipe(argparse.Namespace(recipe="seed", **blank)) == "seed"
+
+
+def test_subtype_routing_chosen_by_inner_cv_and_reported():
+    """Subtypes that change nothing: routing by inner CV, within-subtype AUCs next to the pooled ones."""
+    tables, y = feature_tables(48, 6, 7)
+    st = np.array(["A", "A", "B", "B"] * 12)  # 12 of each class in each subtype
+    cfg = TrainConfig(recipe="auto", grid=("mean-ks-logreg",), calibration="platt", cv=3, per_subtype=True,
+                      min_subtype_slides=10, n_bootstrap=200)
+    b = train_model(tables, y, cfg, subtypes=st)
+    for name in ("A", "B"):
+        how = b.subtype_routing[name]
+        assert how.startswith(("pooled (inner-CV AUC", "own model (24 slides) (inner-CV AUC")), how
+        assert (name in b.subtype_models) == how.startswith("own")
+    rep = cross_validate(tables, y, config=cfg, subtypes=st)
+    assert set(rep.subtype_aucs) == {"A", "B"} and rep.subtype_aucs["A"]["n"] == 24
+    assert "subtype A (24 slides): routed ROC-AUC" in rep.summary() and rep.auc_pooled is not None

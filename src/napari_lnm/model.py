@@ -341,6 +341,7 @@ class CVReport:
     ece_uncalibrated: float | None = None
     calibration: str | None = None  # calibration method of the fold models
     operating_points: dict | None = None  # calibration.operating_points of oof
+    subtype_aucs: dict | None = None  # per subtype: slides, AUC of the routed and of the pooled probabilities
 
     def summary(self) -> str:
         """One line per AUC, e.g. 'CV ROC-AUC 0.812 (95% CI 0.70-0.91), 5 folds'."""
@@ -350,6 +351,9 @@ class CVReport:
             a = np.asarray(self.repeat_aucs, dtype=float)
             lines.append(f"  {self.repeats} repeats: mean ROC-AUC {np.nanmean(a):.3f} (SD {np.nanstd(a):.3f}, "
                          f"range {np.nanmin(a):.3f}-{np.nanmax(a):.3f}); probabilities averaged over repeats")
+        for name, d in (self.subtype_aucs or {}).items():
+            lines.append(f"  subtype {name} ({d['n']} slides): routed ROC-AUC {d['routed']:.3f}, pooled "
+                         f"{d['pooled']:.3f}")
         if self.ece is not None:
             unc = f" (uncalibrated {self.ece_uncalibrated:.3f})" if self.ece_uncalibrated is not None else ""
             lines.append(f"  calibration{f' ({self.calibration})' if self.calibration else ''}: Brier "
@@ -905,6 +909,9 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
             raise CohortError("--per-subtype needs a 'subtype' column in the cohort")
         st = np.asarray([None if pd.isna(s) else str(s) for s in subtypes], dtype=object)
         names = sorted({s for s in st if s is not None})
+        chosen = config.recipe != recipes.FIXED or config.calibration != "none"
+        own_cfg = _subtype_config(config, bundle)
+        inner = _routing_inner_cv(tables, y, st, own_cfg, feature_names, clinical, groups) if chosen else {}
         for i, name in enumerate(names):
             check_stop(should_stop)
             report(progress, i, len(names), f"subtype {name}")
@@ -917,7 +924,13 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
                 bundle.subtype_routing[name] = f"{POOLED} ({int(counts[0])} negative, {int(counts[1])} positive)"
             else:
                 idx = np.flatnonzero(m)
-                sub_cfg = TrainConfig.from_dict({**config.to_dict(), "per_subtype": False})
+                sub_cfg = own_cfg if chosen else TrainConfig.from_dict({**config.to_dict(), "per_subtype": False})
+                if chosen:  # own model only where inner CV says it beats the pooled one on this subtype's slides
+                    a_own, a_pool = inner.get(name, (float("nan"), float("nan")))
+                    if not a_own > a_pool:
+                        bundle.subtype_routing[name] = (f"{POOLED} (inner-CV AUC on {int(m.sum())} slides: own "
+                                                        f"{a_own:.3f}, pooled {a_pool:.3f})")
+                        continue
                 sub = _train_calibrated([tables[j] for j in idx], y[idx], sub_cfg, feature_names,
                                         None if clinical is None else clinical.iloc[idx].reset_index(drop=True),
                                         None if groups is None else groups[idx])
@@ -927,12 +940,57 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
                     bundle.subtype_routing[name] = f"{POOLED} (own model on {int(m.sum())} slides learnt nothing)"
                     continue
                 bundle.subtype_models[name] = sub
-                bundle.subtype_routing[name] = f"own model ({int(m.sum())} slides)"
+                bundle.subtype_routing[name] = f"own model ({int(m.sum())} slides)" + (
+                    f" (inner-CV AUC own {inner[name][0]:.3f}, pooled {inner[name][1]:.3f})" if chosen else "")
         bundle.config["subtype_routing"] = bundle.subtype_routing
     return bundle
 
 
 train = train_model  # the name docs/architecture.md lists
+
+
+def _raw_proba(bundle: ModelBundle, tables, clinical) -> np.ndarray:
+    """The bundle's uncalibrated probabilities of feature tables or TileTables."""
+    return bundle.classifier.predict_proba(bundle.design_fused(bundle.fusion.transform(tables), clinical))
+
+
+def _subtype_config(config: TrainConfig, pooled: ModelBundle) -> TrainConfig:
+    """A subtype model's config: the pooled model's chosen recipe, fixed, with the config's calibration."""
+    base = {**config.to_dict(), "per_subtype": False}
+    name = pooled.config.get("recipe")
+    if name in recipes.NAMES:
+        return TrainConfig.from_dict({**base, **recipes.get(name).overrides(), "recipe": name})
+    return TrainConfig.from_dict({**base, "recipe": recipes.FIXED})
+
+
+def _routing_inner_cv(tables, y, st: np.ndarray, config: TrainConfig, feature_names, clinical, groups) -> dict:
+    """Per subtype: (inner-CV AUC of its own model, of the pooled model) on its slides, one recipe (``config``).
+
+    Inner folds over all slides (patient-grouped); in each, one pooled model on the
+    training part and one own model per subtype with 2+ slides of each class there.
+    """
+    cfg = TrainConfig.from_dict({**config.to_dict(), "calibration": "none"})
+    folds, _ = inner_folds(y, groups, wanted=config.inner_cv, seed=config.seed)
+    own, pool = np.full(len(y), np.nan), np.full(len(y), np.nan)
+    fast = tile_tables(tables, feature_names)
+    for tr, te in folds:
+        sub = lambda idx: (None if clinical is None else clinical.iloc[idx].reset_index(drop=True))  # noqa: E731
+        g = None if groups is None else groups[tr]
+        b = _train_single([fast[i] for i in tr], y[tr], cfg, feature_names, sub(tr), g)
+        pool[te] = _raw_proba(b, [fast[i] for i in te], sub(te))
+        for name in {s for s in st[te] if s is not None}:
+            itr, ite = tr[st[tr] == name], te[st[te] == name]
+            if np.bincount(y[itr], minlength=2).min() < 2:
+                continue
+            m = _train_single([fast[i] for i in itr], y[itr], cfg, feature_names, sub(itr),
+                              None if groups is None else groups[itr])
+            own[ite] = _raw_proba(m, [fast[i] for i in ite], sub(ite))
+    out = {}
+    for name in {s for s in st if s is not None}:
+        m = (st == name) & np.isfinite(own)
+        out[name] = (roc_auc(y[m], own[m]) if m.any() else float("nan"),
+                     roc_auc(y[m], pool[m]) if m.any() else float("nan"))
+    return out
 
 
 def _check_groups(groups, n: int) -> np.ndarray | None:
@@ -1074,6 +1132,10 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
     if routed:
         a, l2, h2 = bootstrap_auc_ci(y, runs["pool"].mean(axis=0), config.n_bootstrap, config.seed)
         rep.oof_pooled, rep.auc_pooled, rep.ci_pooled = runs["pool"].mean(axis=0), a, (l2, h2)
+        sts = np.asarray(st, dtype=object)
+        rep.subtype_aucs = {name: {"n": int((sts == name).sum()), "routed": roc_auc(y[sts == name], oof[sts == name]),
+                                   "pooled": roc_auc(y[sts == name], rep.oof_pooled[sts == name])}
+                            for name in sorted({s for s in st if s is not None})}
     rep.brier, rep.ece = brier_score(y, oof), expected_calibration_error(y, oof)
     rep.operating_points = operating_points(y, oof)
     if methods:
