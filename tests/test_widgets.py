@@ -17,7 +17,7 @@ pytest.importorskip("pytestqt")
 pytestmark = [pytest.mark.gui, pytest.mark.timeout(300)]
 
 MPP = 0.5
-RESULT_LAYERS = ("H", "E", "nuclei", "voronoi", "delaunay", "tiles", "key tiles")
+RESULT_LAYERS = ("H", "E", "nuclei", "nucleus types", "voronoi", "delaunay", "tiles", "key tiles")
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,22 @@ def test_analyse_shows_aligned_layers_inspect_and_export(make_napari_viewer, qtb
     n_nuc = sum(int(np.asarray(a.labels).max()) for a in res.prediction.analyses)
     assert len(np.unique(lab[lab > 0])) == n_nuc > 0
     assert np.asarray(viewer.layers["voronoi"].data).shape[1:] == (2, 2)
+    # typed nuclei: one type colour per nucleus, a toggle between type and instance colours, hover text
+    types_layer = viewer.layers["nucleus types"]
+    tl = np.asarray(types_layer.data)
+    assert tl.shape == lab.shape and set(np.unique(tl)) <= {0, 1, 2, 3, 4} and ((tl > 0) == (lab > 0)).all()
+    assert not types_layer.visible and viewer.layers["nuclei"].visible
+    w.type_box.setChecked(True)
+    assert types_layer.visible and not viewer.layers["nuclei"].visible
+    w.type_box.setChecked(False)
+    from napari_lnm._widgets.analyse import nucleus_type_text
+
+    r, c = np.argwhere(lab > 0)[0]
+    text = nucleus_type_text(types_layer, types_layer.data_to_world((r, c)))
+    assert text.startswith(f"nucleus {lab[r, c]}: ") and "(p = " in text
+    assert any(name in text for name in ("epithelial", "inflammatory", "stromal", "other"))
+    assert "nuclei: " in w.info_label.text() and "epithelial" in w.info_label.text()
+    assert w.evidence_label.text()
     key = viewer.layers["key tiles"]
     assert list(key.features["rank"]) == list(range(1, len(key.data) + 1))
     assert all(isinstance(r, str) and r for r in key.features["reason"])
@@ -141,6 +157,12 @@ def test_analyse_shows_aligned_layers_inspect_and_export(make_napari_viewer, qtb
     assert set(paths) >= {"roi", "nuclei", "key_tiles", "json", "tiles_csv"}
     nuclei = read_geojson(paths["nuclei"])
     assert len(nuclei) >= 0.9 * n_nuc
+    feats = json.loads(paths["nuclei"].read_text())["features"]  # QuPath detections, classified by type
+    assert {f["properties"]["objectType"] for f in feats} == {"detection"}
+    assert {f["properties"]["classification"]["name"] for f in feats} <= {"epithelial", "inflammatory", "stromal",
+                                                                          "other"}
+    m = feats[0]["properties"]["measurements"]
+    assert m["Nucleus: area"] > 0 and 0 < m["Nucleus: type probability"] <= 1
     for poly in nuclei[:20]:  # every nucleus lies inside an analysed tile
         cx, cy = poly.mean(0)
         assert ((cx >= t["x"]) & (cx < t["x"] + t["size"]) & (cy >= t["y"]) & (cy < t["y"] + t["size"])).any()
@@ -389,7 +411,7 @@ def test_clinical_values_reach_the_prediction(make_napari_viewer, qtbot, tmp_pat
     _wait_done(qtbot, w)
     p_old = get_result(viewer).prediction
     assert p_old.model["clinical"] == {"age": 80.0, "stage": "III"}
-    assert w.info_label.text().endswith("clinical: age 80, stage III")
+    assert w.info_label.text().splitlines()[0].endswith("clinical: age 80, stage III")
     w.clinical_edit.setText("age=40; stage=I")
     assert w.run()
     _wait_done(qtbot, w)

@@ -40,6 +40,8 @@ __all__ = [
     "with_direction",
     "global_importance",
     "TOP_FEATURE_COLUMNS",
+    "cell_summary",
+    "cell_summary_text",
 ]
 
 #: Kind of a feature -> display colour (hex), used by the PNG report and the napari widget.
@@ -499,3 +501,28 @@ def global_importance(importance: pd.DataFrame, k: int) -> pd.DataFrame:
     if "feature" in imp.columns:
         imp["kind"] = [feature_kind(f) for f in imp["feature"]]
     return imp
+
+
+def cell_summary(tiles: pd.DataFrame) -> dict:
+    """Nuclei counted per type over the analysed tiles, and their fractions (from ``nucleus.count`` and the
+    ``cells.*_fraction`` of each tile); empty for tile tables without the ``cells.*`` group."""
+    from napari_lnm.features.cells import CELL_TYPES
+
+    cols = [f"cells.{t}_fraction" for t in CELL_TYPES]
+    if "nucleus.count" not in tiles.columns or not set(cols) <= set(tiles.columns):
+        return {}
+    n = tiles["nucleus.count"].to_numpy(float)
+    frac = np.nan_to_num(tiles[cols].to_numpy(float))
+    counts = np.rint(frac * np.nan_to_num(n)[:, None]).sum(axis=0).astype(int)
+    total = int(counts.sum())
+    return {"n_nuclei": total, "n_tiles": int(len(tiles)),
+            "types": {t: {"count": int(c), "fraction": (c / total) if total else None}
+                      for t, c in zip(CELL_TYPES, counts)}}
+
+
+def cell_summary_text(summary: dict) -> str:
+    """One line: 'nuclei: 1234 (epithelial 41%, inflammatory 22%, stromal 30%, other 7%)'; '' without types."""
+    if not summary or not summary.get("n_nuclei"):
+        return ""
+    parts = [f"{t} {100 * v['fraction']:.0f}%" for t, v in summary["types"].items()]
+    return f"nuclei: {summary['n_nuclei']} ({', '.join(parts)})"

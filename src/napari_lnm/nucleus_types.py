@@ -19,7 +19,7 @@ from scipy.spatial import cKDTree
 
 from napari_lnm.errors import ModelError
 
-__all__ = ["CELL_TYPES", "INPUTS", "TYPE_MODEL_PATH", "NucleusTypeModel", "type_inputs", "load_type_model",
+__all__ = ["CELL_TYPES", "TYPE_COLOURS", "INPUTS", "TYPE_MODEL_PATH", "NucleusTypeModel", "type_inputs", "load_type_model",
            "nucleus_types"]
 
 CELL_TYPES = ("epithelial", "inflammatory", "stromal", "other")
@@ -31,6 +31,8 @@ MEASURE_INPUTS = ("area", "perimeter", "major_axis", "minor_axis", "aspect_ratio
 NEIGHBOUR_INPUTS = ("nn1_um", "nn3_um", "within_15um")
 INPUTS = MEASURE_INPUTS + NEIGHBOUR_INPUTS
 TYPE_MODEL_PATH = Path(__file__).resolve().parent / "data" / "nucleus_types.npz"
+#: display colour (RGB) of each type: QuPath's default colours of Tumor, Immune cells, Stroma and Other
+TYPE_COLOURS = ((200, 0, 0), (160, 90, 160), (150, 200, 150), (255, 200, 0))
 
 
 def type_inputs(table, mpp: float) -> np.ndarray:

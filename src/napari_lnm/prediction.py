@@ -21,7 +21,7 @@ import pandas as pd
 from napari_lnm._atomic import atomic_path, write_text_atomic
 from napari_lnm.engine import META_COLUMNS
 from napari_lnm.errors import UserError
-from napari_lnm.explain import KEY_TILE_COLUMNS, KIND_COLOURS, TOP_FEATURE_COLUMNS
+from napari_lnm.explain import KEY_TILE_COLUMNS, KIND_COLOURS, TOP_FEATURE_COLUMNS, cell_summary
 
 __all__ = ["Prediction", "RESULT_VERSION", "CONTRIBUTION_COLUMNS", "TOP_FEATURE_COLUMNS"]
 
@@ -139,6 +139,7 @@ class Prediction:
     #: px of the analysed tile (working µm/px), as features.graph.graph_segments gives them
     graph_segments: Optional[list] = field(default=None, repr=False)
     recorded_n_tiles: Optional[int] = field(default=None, repr=False)  # from result.json when tiles are absent
+    recorded_cells: Optional[dict] = field(default=None, repr=False)  # cell_summary from result.json, likewise
 
     @property
     def n_tiles(self) -> int:
@@ -146,6 +147,11 @@ class Prediction:
         if len(self.tiles) == 0 and self.recorded_n_tiles is not None:
             return int(self.recorded_n_tiles)
         return int(len(self.tiles))
+
+    @property
+    def cell_summary(self) -> dict:
+        """Nuclei per type over the analysed tiles (``explain.cell_summary``), or the recorded one."""
+        return cell_summary(self.tiles) if len(self.tiles) else dict(self.recorded_cells or {})
 
     @property
     def label(self) -> str:
@@ -176,6 +182,7 @@ class Prediction:
             "rois": rois_to_json(self.rois),
             "timings": self.timings,
             "kind_colours": KIND_COLOURS,
+            "cell_summary": self.cell_summary,
         })
 
     def to_json(self, indent: int = 2) -> str:
@@ -206,6 +213,7 @@ class Prediction:
             rois=rois_from_json(d.get("rois")),
             timings=dict(d.get("timings") or {}),
             recorded_n_tiles=int(d["n_tiles"]) if d.get("n_tiles") is not None else None,
+            recorded_cells=d.get("cell_summary") or None,
         )
 
     @classmethod

@@ -72,6 +72,10 @@ SIGNAL_WEIGHTS = {
 }
 
 SEVERITY_SD = 0.45
+#: what the label acts on: "nuclei" (tumour nuclear size, pleomorphism, crowding, texture, budding) or
+#: "immune" (only the lymphocytic infiltration of tumour epithelium: dense in label-0 slides, sparse in
+#: label-1 slides, as immune-rich CRC spreads less to lymph nodes)
+SIGNALS = ("nuclei", "immune")
 LOWRES = 16  # px of the full image per px of the region maps
 
 
@@ -175,15 +179,21 @@ def render_tissue(
     mpp: float = 0.5,
     severity: Optional[float] = None,
     tissue_everywhere: bool = False,
+    signal: str = "nuclei",
 ) -> tuple[np.ndarray, RenderInfo]:
     """Render an H&E-like RGB uint8 image of ``shape`` (rows, cols px) at ``mpp`` µm/px.
 
-    ``severity`` (unitless) defaults to a draw from N(label, 0.45); pass it to fix the signal.
+    ``severity`` (unitless) defaults to a draw from N(label, 0.45); pass it to fix the signal;
+    ``signal`` (:data:`SIGNALS`) is what the severity acts on.
     """
     subtype = _check_subtype(subtype)
     if label not in (0, 1):
         raise UserError(f"label must be 0 or 1, got {label!r}")
+    if signal not in SIGNALS:
+        raise UserError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
     look, w = LOOKS[subtype], SIGNAL_WEIGHTS[subtype]
+    if signal == "immune":  # nuclei look the same in both classes: only the infiltration differs
+        w = dict.fromkeys(w, 0.0)
     rng = np.random.default_rng(seed)
     H, W = int(shape[0]), int(shape[1])
     um = 1.0 / mpp  # px per µm
@@ -316,7 +326,10 @@ def render_tissue(
     # ---- lymphocytes and fibroblasts ------------------------------------------------------
     ly_, lx_ = _hex_lattice(rng, (H, W), 7.0 * um, jitter=0.25)
     pl = np.where(_lookup(immune, ly_, lx_), 0.75, 0.0) + np.where(_lookup(stroma, ly_, lx_), 0.03, 0.0)
-    pl = pl + np.where(_lookup(tumour, ly_, lx_), look.lymph_in_tumour, 0.0)
+    in_tumour = look.lymph_in_tumour
+    if signal == "immune":  # intratumoural lymphocytes fall with severity (locally modulated)
+        in_tumour = look.lymph_in_tumour + 0.3 * np.clip(1.0 - _lookup(sev_lo, ly_, lx_), 0.0, 1.5) / 1.5
+    pl = pl + np.where(_lookup(tumour, ly_, lx_), in_tumour, 0.0)
     keep = rng.random(ly_.size) < pl
     ly_, lx_ = ly_[keep], lx_[keep]
     nl = ly_.size
@@ -331,7 +344,11 @@ def render_tissue(
     a_um = np.concatenate([t_a, rng.normal(2.9, 0.25, nl), rng.normal(6.5, 1.0, nf)])
     b_um = np.concatenate([t_a * t_asp, rng.normal(2.6, 0.2, nl), rng.normal(1.6, 0.25, nf)])
     theta = np.concatenate([t_th, rng.uniform(0, np.pi, nl), f_th]).astype(np.float32)
-    hbase = np.concatenate([t_h, rng.normal(1.2, 0.08, nl), rng.normal(0.85, 0.08, nf)]).astype(np.float32)
+    # haematoxylin of tumour / lymphocyte / fibroblast nuclei (OD); the immune cohort uses the levels of
+    # real colorectal scans (as the nucleus-type model saw them) so that its nuclei are typed like real ones
+    h_lev = (0.42 / 0.62, 0.55, 0.45) if signal == "immune" else (1.0, 1.2, 0.85)
+    hbase = np.concatenate([t_h * h_lev[0], rng.normal(h_lev[1], 0.08, nl),
+                            rng.normal(h_lev[2], 0.08, nf)]).astype(np.float32)
     amp = np.concatenate([np.broadcast_to(t_amp, (nt,)), np.full(nl, 0.06), np.full(nf, 0.08)]).astype(np.float32)
     a_px = np.maximum(a_um, 1.2) * um
     b_px = np.maximum(b_um, 0.9) * um
@@ -474,14 +491,18 @@ def make_cohort(
     slides_per_patient: int = 1,
     progress: Optional[ProgressFn] = None,
     should_stop: Optional[StopFn] = None,
+    signal: str = "nuclei",
 ) -> Path:
     """Write ``n_slides`` synthetic slides to out_dir/slides/ and out_dir/cohort.csv; returns the CSV path.
 
     ``size`` is (height, width) in px at ``mpp`` µm/px (20x at 0.5).  Patients
     get ``slides_per_patient`` consecutive slides sharing label, subtype and
     (up to a small jitter) severity; exactly round(n_patients * positive_fraction)
-    patients are positive and subtypes are balanced over patients.
+    patients are positive and subtypes are balanced over patients.  ``signal``: what the label acts
+    on (:data:`SIGNALS`).
     """
+    if signal not in SIGNALS:
+        raise UserError(f"--signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
     if n_slides < 1:
         raise UserError(f"--n-slides must be at least 1, got {n_slides}")
     if not 0.0 <= positive_fraction <= 1.0:
@@ -511,7 +532,8 @@ def make_cohort(
         slide_id = f"synth_{i:04d}"
         rel = f"slides/{slide_id}.tif"
         s = int(child_seeds[i].generate_state(1)[0])
-        rgb, info = render_tissue(size, int(labels[pat]), str(subs[pat]), s, mpp, severity=float(slide_sev[i]))
+        rgb, info = render_tissue(size, int(labels[pat]), str(subs[pat]), s, mpp, severity=float(slide_sev[i]),
+                                  signal=signal)
         write_pyramid_tiff(out / rel, rgb, mpp=mpp, objective=10.0 / mpp)
         rows.append((slide_id, rel, int(labels[pat]), str(subs[pat]), f"P{pat:04d}"))
         report(progress, i + 1, n_slides, slide_id)

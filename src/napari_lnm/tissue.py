@@ -491,11 +491,13 @@ def _closed(ring: np.ndarray) -> list:
 
 
 def write_geojson(path: str | os.PathLike, polygons: Union[BaseGeometry, Sequence[Any]],
-                  names: Optional[Sequence[str]] = None, properties: Optional[Sequence[dict] | dict] = None) -> None:
-    """Write polygons as a QuPath-compatible GeoJSON FeatureCollection of annotations (atomic), one per polygon.
+                  names: Optional[Sequence[str]] = None, properties: Optional[Sequence[dict] | dict] = None,
+                  object_type: str = "annotation", colors: Optional[Sequence[Sequence[int]]] = None) -> None:
+    """Write polygons as a QuPath-compatible GeoJSON FeatureCollection (atomic), one feature per polygon.
 
     ``polygons``: (x, y) level-0 arrays, shapely Polygons, or one shapely geometry (each of
-    its polygons a feature); holes are written as interior rings.
+    its polygons a feature); holes are written as interior rings.  ``object_type``: QuPath's
+    "annotation" or "detection"; ``names`` become classifications, coloured by ``colors`` (RGB 0..255).
     """
     from napari_lnm._atomic import write_text_atomic
 
@@ -506,9 +508,10 @@ def write_geojson(path: str | os.PathLike, polygons: Union[BaseGeometry, Sequenc
             rings = [[_closed(ext)] + [_closed(h) for h in holes] for ext, holes in roi_rings(poly)]
         else:
             rings = [[_closed(_as_polygon(poly))]]
-        props: dict[str, Any] = {"objectType": "annotation"}
+        props: dict[str, Any] = {"objectType": object_type}
         if names is not None and i < len(names) and names[i]:
-            props["classification"] = {"name": str(names[i]), "color": _DEFAULT_COLOR}
+            color = list(colors[i]) if colors is not None and i < len(colors) else _DEFAULT_COLOR
+            props["classification"] = {"name": str(names[i]), "color": [int(c) for c in color]}
         if properties is not None:
             extra = properties[i] if isinstance(properties, (list, tuple)) else properties
             props.update(extra or {})

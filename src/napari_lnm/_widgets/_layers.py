@@ -29,6 +29,7 @@ class Mosaic:
     scale: tuple[float, float]  # µm per mosaic px
     translate: tuple[float, float]  # µm, (row, col) of mosaic pixel (0, 0) centre
     downsample: int  # mosaic px per working px
+    offsets: tuple[int, ...] = ()  # per tile: the mosaic id of its nucleus 1 is offset + 1
 
 
 def display_pyramid(img: np.ndarray, min_side: int = 1024) -> list[np.ndarray] | np.ndarray:
@@ -81,11 +82,13 @@ def build_mosaic(xs: Sequence[float], ys: Sequence[float], sizes: Sequence[float
     lab = np.zeros((rows, cols), np.int32)
     ratio = mpp0 / (work_mpp * f)  # mosaic px per level-0 px
     offset = 0
+    offsets: list[int] = []
     for x, y, ht, et, lt in zip(xs, ys, h_tiles, e_tiles, label_tiles):
         r0, c0 = int(round((y - y0) * ratio)), int(round((x - x0) * ratio))
         ht, et = _shrink(np.asarray(ht, np.float32), f, False), _shrink(np.asarray(et, np.float32), f, False)
         lt = _shrink(np.asarray(lt), f, True).astype(np.int32)
         nr, nc = min(ht.shape[0], rows - r0), min(ht.shape[1], cols - c0)
+        offsets.append(offset)
         if nr <= 0 or nc <= 0:
             continue
         h[r0:r0 + nr, c0:c0 + nc] = ht[:nr, :nc]
@@ -94,7 +97,7 @@ def build_mosaic(xs: Sequence[float], ys: Sequence[float], sizes: Sequence[float
         lab[r0:r0 + nr, c0:c0 + nc] = np.where(lt > 0, lt + offset, lab[r0:r0 + nr, c0:c0 + nc])
         offset += int(lt.max()) if lt.size else 0
     scale, translate = image_placement(x0, y0, mpp0, work_mpp * f)
-    return Mosaic(h, e, lab, scale, translate, f)
+    return Mosaic(h, e, lab, scale, translate, f, tuple(offsets))
 
 
 def tile_to_level0(points_rc: np.ndarray, x: float, y: float, mpp0: float, work_mpp: float) -> np.ndarray:

@@ -33,6 +33,9 @@ class LayerData:
     e_limits: tuple[float, float] = (0.0, 1.0)
     subtype_tiles: Optional[pd.DataFrame] = None  # per-tile subtype votes (x, y, size level-0 px); None: no CNN
     subtype_routing: dict = field(default_factory=dict)  # bundle's subtype -> model note, "pooled (only 3 slides…)"
+    nucleus_type: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int8))  # mosaic id -> type + 1 (0: none)
+    nucleus_type_prob: np.ndarray = field(default_factory=lambda: np.zeros(1))  # mosaic id -> its type's probability
+    type_labels: Optional[np.ndarray] = None  # mosaic image of type + 1 per pixel (0 = background)
 
 
 def contrast_limits(img: np.ndarray, q: float = 99.5, max_samples: int = 1_000_000) -> tuple[float, float]:
@@ -121,6 +124,8 @@ def build_layer_data(pred: Prediction, bundle: ModelBundle, mpp0: float, work_mp
                 dela.append(segments_to_vectors(tile_to_level0(d, x, y, mpp0, work_mpp)))
                 n_del += len(d)
     empty = np.zeros((0, 2, 2))
+    ntype, nprob = _nucleus_types(mosaic, [a for _x, _y, _s, a, _g in items]) if mosaic is not None else (
+        np.zeros(1, np.int8), np.zeros(1))
     return LayerData(
         mosaic=mosaic,
         voronoi=np.concatenate(vor) if vor else empty,
@@ -132,4 +137,21 @@ def build_layer_data(pred: Prediction, bundle: ModelBundle, mpp0: float, work_mp
         e_limits=contrast_limits(mosaic.e) if mosaic is not None else (0.0, 1.0),
         subtype_tiles=subtype_tiles(pred.subtype) if pred.subtype is not None else None,
         subtype_routing=dict(bundle.subtype_routing),
+        nucleus_type=ntype,
+        nucleus_type_prob=nprob,
+        type_labels=ntype[mosaic.labels] if mosaic is not None else None,
     )
+
+
+def _nucleus_types(mosaic: Mosaic, analyses: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per mosaic nucleus id: its type index + 1 (0: background or untyped) and that type's probability."""
+    n = int(mosaic.labels.max()) + 1
+    ntype = np.zeros(n, np.int8)
+    nprob = np.zeros(n)
+    for off, a in zip(mosaic.offsets, analyses):
+        if len(a.types):
+            ids = np.asarray(a.ids, np.int64) + off
+            ok = ids < n
+            ntype[ids[ok]] = np.asarray(a.types)[ok] + 1
+            nprob[ids[ok]] = np.asarray(a.type_probs).max(axis=1)[ok]
+    return ntype, nprob

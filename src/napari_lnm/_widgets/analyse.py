@@ -15,7 +15,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_lnm.errors import UserError
-from napari_lnm.model import ModelBundle
+from napari_lnm.explain import cell_summary_text
+from napari_lnm.model import ModelBundle, evidence_text
 from napari_lnm.pipeline import default_workers
 
 from ._charts import ChartCanvas
@@ -35,6 +36,8 @@ KIND_LEGEND = ("nucleus size", "nucleus texture", "arrangement", "tile texture",
 
 
 HOVER_HELP = "hover over a numbered key tile to read why it matters"
+TYPE_HELP = "hover over a nucleus to read its type and probability"
+TYPES_LAYER = "nucleus types"
 SUBTYPE_HELP = "hover over a tile to read its predicted subtype and class probabilities"
 SUBTYPE_LAYER = "subtype"
 SUBTYPE_OPACITY = 0.45  # overlay layer opacity: the tissue stays visible under the class colours
@@ -54,6 +57,28 @@ def _key_tile_hover(layer, event) -> None:
                             dims_displayed=event.dims_displayed, world=True)
     index = value[0] if isinstance(value, tuple) else value
     layer.help = key_tile_reason(layer, index) or HOVER_HELP
+
+
+def nucleus_type_text(layer, position) -> str:
+    """Status text for the typed nucleus under a world ``position`` of the nucleus-types layer ('' if none)."""
+    from napari_lnm.nucleus_types import CELL_TYPES
+
+    inst = layer.metadata.get("instance_labels")
+    probs = layer.metadata.get("nucleus_type_prob")
+    if inst is None or probs is None:
+        return ""
+    r, c = (int(np.floor(v + 0.5)) for v in layer.world_to_data(position)[-2:])
+    if not (0 <= r < inst.shape[0] and 0 <= c < inst.shape[1]) or inst[r, c] == 0:
+        return ""
+    t = int(np.asarray(layer.data[0] if layer.multiscale else layer.data)[r, c])
+    if t == 0:
+        return ""
+    return f"nucleus {int(inst[r, c])}: {CELL_TYPES[t - 1]} (p = {float(probs[inst[r, c]]):.2f})"
+
+
+def _type_hover(layer, event) -> None:
+    """Mouse-move callback of the nucleus-types layer: its help text gives the nucleus' type and probability."""
+    layer.help = nucleus_type_text(layer, event.position) or TYPE_HELP
 
 
 def _subtype_hover(layer, event) -> None:
@@ -157,6 +182,9 @@ class AnalyseWidget(QWidget):
         self.prob_label.setStyleSheet("font-size: 26pt; font-weight: bold;")
         self.prob_caption = QLabel("metastasis probability")
         self.prob_caption.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.evidence_label = QLabel("")  # what stands behind the number: CV AUC, slides, calibration, demo note
+        self.evidence_label.setWordWrap(True)
+        self.evidence_label.setStyleSheet("color: #b0b0b0; font-size: 9pt;")
         self.info_label = QLabel("")
         self.info_label.setWordWrap(True)
 
@@ -201,12 +229,40 @@ class AnalyseWidget(QWidget):
         lay.addWidget(self.status)
         lay.addWidget(self.prob_label)
         lay.addWidget(self.prob_caption)
+        lay.addWidget(self.evidence_label)
         lay.addWidget(self.info_label)
         lay.addWidget(self.subtype_label)
         lay.addWidget(self.subtype_model_label)
         lay.addLayout(legend)
+        lay.addWidget(self._type_legend())
         lay.addWidget(self.subtype_legend)
         lay.addStretch(1)
+
+    def _type_legend(self) -> QWidget:
+        """The 'colour nuclei by type' toggle and the type colours (QuPath's Tumor/Immune/Stroma/Other)."""
+        from napari_lnm.nucleus_types import CELL_TYPES, TYPE_COLOURS
+
+        box = QWidget()
+        grid = QGridLayout(box)
+        grid.setContentsMargins(0, 0, 0, 0)
+        self.type_box = QCheckBox("colour nuclei by type")
+        self.type_box.setToolTip("Switch the nuclei between type colours (with hover: type and probability) "
+                                 "and one colour per nucleus")
+        self.type_box.toggled.connect(self._show_types)
+        grid.addWidget(self.type_box, 0, 0, 1, 4)
+        for i, (name, rgb) in enumerate(zip(CELL_TYPES, TYPE_COLOURS)):
+            sw = QLabel()
+            sw.setFixedSize(14, 14)
+            sw.setStyleSheet(f"background: rgb{tuple(rgb)}; border: 1px solid #333;")
+            grid.addWidget(sw, 1 + i // 2, 2 * (i % 2))
+            grid.addWidget(QLabel(name), 1 + i // 2, 2 * (i % 2) + 1)
+        return box
+
+    def _show_types(self, checked: bool) -> None:
+        """Show the typed nuclei layer instead of the instance-coloured one (or back)."""
+        for name, visible in ((TYPES_LAYER, checked), ("nuclei", not checked)):
+            if name in self.viewer.layers:
+                self.viewer.layers[name].visible = visible
 
     def _refresh_layers(self, event=None) -> None:
         from napari.layers import Shapes
@@ -448,6 +504,7 @@ class AnalyseWidget(QWidget):
             return
         pred, data, mpp0 = value
         steps = self.display_steps(pred, data, meta["layer"], mpp0)
+        steps.insert(1, lambda: self.evidence_label.setText(evidence_text(meta["bundle"], pred.probability)))
 
         def publish():
             set_result(self.viewer, AnalysisResult(
@@ -527,8 +584,11 @@ class AnalyseWidget(QWidget):
                                       blending="additive", contrast_limits=data.h_limits, visible=False),
                 lambda: replace_layer(v, "E", v.add_image, e_img, scale=mscale, translate=tr, colormap="gray",
                                       blending="additive", contrast_limits=data.e_limits, visible=False),
-                lambda: replace_layer(v, "nuclei", v.add_labels, lab, scale=mscale, translate=tr, opacity=0.5),
+                lambda: replace_layer(v, "nuclei", v.add_labels, lab, scale=mscale, translate=tr, opacity=0.5,
+                                      visible=not self.type_box.isChecked()),
             ]
+            if data.type_labels is not None:
+                steps.append(lambda: self._add_type_layer(data, display_pyramid(data.type_labels), mscale, tr))
         for name, vec, colour in (("voronoi", data.voronoi, "yellow"), ("delaunay", data.delaunay, "cyan")):
             steps.append(lambda name=name, vec=vec, colour=colour: replace_layer(
                 v, name, v.add_vectors, vec, scale=scale0, translate=trans0, edge_width=1.0, edge_color=colour,
@@ -564,6 +624,22 @@ class AnalyseWidget(QWidget):
                   lambda: self._show_subtype(pred, data.subtype_routing)]
         return steps
 
+    def _add_type_layer(self, data: LayerData, types_img, scale, translate) -> None:
+        """The 'nucleus types' Labels layer: type colours; hovering names a nucleus' type and probability."""
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from napari_lnm.nucleus_types import TYPE_COLOURS
+
+        colours = {0: "transparent", None: "transparent"}
+        colours.update({k + 1: tuple(c / 255 for c in rgb) + (1.0,) for k, rgb in enumerate(TYPE_COLOURS)})
+        layer = replace_layer(self.viewer, TYPES_LAYER, self.viewer.add_labels, types_img, scale=scale,
+                              translate=translate, opacity=0.6, colormap=DirectLabelColormap(color_dict=colours),
+                              visible=self.type_box.isChecked())
+        layer.metadata["nucleus_type_prob"] = data.nucleus_type_prob
+        layer.metadata["instance_labels"] = data.mosaic.labels
+        layer.help = TYPE_HELP
+        layer.mouse_move_callbacks.append(_type_hover)
+
     def _show_probability(self, pred: Any) -> None:
         p = float(pred.probability)
         colour = "#e31a1c" if p >= 0.5 else "#1a9850"
@@ -579,7 +655,8 @@ class AnalyseWidget(QWidget):
         if clinical:
             parts.append("clinical: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                                                    for k, v in clinical.items()))
-        self.info_label.setText(" · ".join(parts))
+        cells = cell_summary_text(pred.cell_summary)
+        self.info_label.setText(" · ".join(parts) + (f"\n{cells}" if cells else ""))
 
     def _chart_panel(self) -> None:
         """Create the chart dock once: the feature-importance chart above the (initially hidden) subtype counts."""

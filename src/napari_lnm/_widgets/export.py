@@ -10,6 +10,7 @@ from qtpy.QtWidgets import QFileDialog, QLabel, QLineEdit, QPushButton, QVBoxLay
 
 from napari_lnm._atomic import atomic_path, write_text_atomic
 from napari_lnm.errors import UserError
+from napari_lnm.nucleus_types import CELL_TYPES, TYPE_COLOURS
 
 from ._common import AnalysisResult, CloseWatcher, Runner, get_result, notify_error, path_row
 from ._layers import square_corners, tile_to_level0
@@ -33,6 +34,27 @@ def nucleus_polygons(labels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
         polys.append(c + np.array([r0, c0], float))
         ids.append(rp.label)
     return polys, np.asarray(ids, int)
+
+
+def nucleus_records(ta, ids: np.ndarray, mpp: float) -> list[dict]:
+    """Per nucleus ``ids`` of a TileAnalysis: its type and QuPath measurements (µm, µm², OD; type probability)."""
+    from napari_lnm.features.nucleus import nucleus_table
+
+    table = nucleus_table(ta.labels, mpp, ta.h)
+    row = {int(i): k for k, i in enumerate(table.ids)}
+    trow = {int(i): k for k, i in enumerate(ta.ids)}
+    keys = ("area", "perimeter", "eccentricity", "solidity", "h_mean", "h_std")
+    out = []
+    for nid in ids:
+        k, t = row.get(int(nid)), trow.get(int(nid))
+        rec = {f"Nucleus: {key}": float(table.values[k, table.columns.index(key)]) for key in keys} if k is not None else {}
+        if t is not None and len(ta.types):
+            rec["type"] = CELL_TYPES[int(ta.types[t])]
+            rec["Nucleus: type probability"] = float(ta.type_probs[t].max())
+        else:
+            rec["type"] = "nucleus"
+        out.append({k2: (v if np.isfinite(v) else None) if isinstance(v, float) else v for k2, v in rec.items()})
+    return out
 
 
 def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm", progress=None,
@@ -61,19 +83,21 @@ def export_all(res: AnalysisResult, out_dir: str | Path, stem: str = "lnm", prog
     paths["roi"] = out / f"{stem}_roi.geojson"
     write_geojson(paths["roi"], rois, names=names)
 
-    # nuclei: per-tile contours mapped to level-0 (x, y) px
-    polys, props = [], []
+    # nuclei: QuPath detections classified by type, with their measurements, contours in level-0 (x, y) px
+    polys, props, names, colours = [], [], [], []
     items = tile_analyses(pred)
     for ti, (x, y, _s, a, _segments) in enumerate(items):
         check_stop(should_stop)
         report(progress, ti, len(items), "outlining nuclei")
         tp, ids = nucleus_polygons(a.labels)
-        for p, nid in zip(tp, ids):
+        for p, nid, rec in zip(tp, ids, nucleus_records(a, ids, res.work_mpp)):
             rc = tile_to_level0(p, x, y, res.mpp0, res.work_mpp) + 0.5  # level-0 pixel-edge (QuPath) coords
             polys.append(rc[:, ::-1])
-            props.append({"tile": ti, "nucleus": int(nid)})
+            names.append(rec.pop("type"))
+            colours.append(TYPE_COLOURS[CELL_TYPES.index(names[-1])] if names[-1] in CELL_TYPES else (128, 128, 128))
+            props.append({"tile": ti, "nucleus": int(nid), "measurements": rec})
     paths["nuclei"] = out / f"{stem}_nuclei.geojson"
-    write_geojson(paths["nuclei"], polys, names=["nucleus"] * len(polys), properties=props)
+    write_geojson(paths["nuclei"], polys, names=names, properties=props, object_type="detection", colors=colours)
 
     k = pred.key_tiles
     kp = [sq[:, ::-1] + 0.5 for sq in square_corners(k["x"], k["y"], k["size"])]

@@ -175,6 +175,11 @@ def print_prediction(pred: Any, out: Path, top: int = 5, file=None, bundle: Any 
 
         for line in operating_point_lines(bundle, pred.probability):
             print(f"  {line}", file=file)
+    from napari_lnm.explain import cell_summary_text
+
+    cells = cell_summary_text(pred.cell_summary)
+    if cells:
+        print(f"  {cells}", file=file)
     print(f"  results: {out}/result.json, importance.png, key_tiles.png, tiles.parquet", file=file)
 
 

@@ -31,6 +31,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--positive-fraction", type=float, default=0.5, help="fraction of label-1 slides (default 0.5)")
     p.add_argument("--slides-per-patient", type=int, default=1,
                    help="consecutive slides sharing a patient_id, label and subtype (default 1)")
+    p.add_argument("--signal", choices=("nuclei", "immune"), default="nuclei",
+                   help="what the label acts on: tumour nuclei (size, pleomorphism, crowding, texture; default) or "
+                        "only the lymphocytic infiltration of tumour epithelium (dense when label 0)")
     p.set_defaults(func=run)
 
 
@@ -43,6 +46,6 @@ def run(args: argparse.Namespace) -> int:
     with ProgressReporter("synth", unit="slide") as progress:
         csv = make_cohort(args.out_dir, args.n_slides, seed=args.seed, size=size,
                           positive_fraction=args.positive_fraction,
-                          slides_per_patient=args.slides_per_patient, progress=progress)
+                          slides_per_patient=args.slides_per_patient, progress=progress, signal=args.signal)
     print(csv)
     return 0
