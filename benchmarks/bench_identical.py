@@ -1,6 +1,7 @@
 """Behaviour check for refactors: feature tables, bundle and predictions of this checkout vs a git ref.
 
 Usage: python benchmarks/bench_identical.py [--ref origin/main] [--work /tmp/bench-identical] [--base-src DIR]
+       [--new-src DIR]
 
 Makes one small synthetic cohort (6 slides), then runs the same job with each source tree
 (``--ref`` checked out into a git worktree, or ``--base-src``; and this checkout's ``src``) in a
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ref", default="HEAD~1", help="git ref of the previous main (default HEAD~1)")
     ap.add_argument("--base-src", type=Path, default=None, help="use this src folder instead of --ref")
+    ap.add_argument("--new-src", type=Path, default=ROOT / "src", help="the src folder to check (default: this checkout)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bench-identical")
     args = ap.parse_args(argv)
     work = args.work
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
         if (work / name).exists():
             shutil.rmtree(work / name)
     base = run_job(base_src, work / "base", cohort_csv)
-    new = run_job(ROOT / "src", work / "new", cohort_csv)
+    new = run_job(args.new_src, work / "new", cohort_csv)
     keys = list(dict.fromkeys([*base, *new]))
     print(f"| output | {args.ref if args.base_src is None else 'base'} | this checkout | same |")
     print("|---|---|---|---|")
