@@ -5,6 +5,12 @@ Tuning (and training of the pixel model, train_nuclei_pixel_model.py) was done o
 TUNE_SLIDES; the other slides are reported as held out.  Every method is scored with both foregrounds
 (``threshold``: Otsu of smoothed H, the default; ``model``: the shipped pixel classifier).
 Prints markdown tables.
+
+``--typed`` instead scores every segmenter and the typed network (``method="typed"``,
+benchmarks/train_nuclei_typed.py) on the held-out parts of nuclei-consep, nuclei-monuseg, nuclei-dev
+and nuclei-crchisto (splits in benchmarks/_nuclei_data.py): Dice, AJI, PQ, F1@0.5, HoVer-Net's
+per-type F1 on CoNSeP, detection and weighted classification F1 on crchisto points, and speed per
+512² 20x tile (crc-tiles) on one thread; ``--overlays DIR`` writes typed overlays there.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from skimage import io  # noqa: E402
 from skimage.transform import rescale  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _metrics import pooled, score  # noqa: E402
+from _metrics import TypeCounts, pooled, score  # noqa: E402
 
 from napari_lnm.filters import gauss  # noqa: E402
 from napari_lnm.stain import separate  # noqa: E402
@@ -213,6 +219,225 @@ def speed_tables(tiles, methods, args) -> None:
         print(f"| {label} | {np.median(wall) * 1e3:.1f} | {np.median(cpu) * 1e3:.1f} |")
 
 
+TYPED_VARIANTS = (("lmc (threshold, default)", {"method": "lmc"}),
+                  ("lmc + model fg", {"method": "lmc", "foreground": "model"}),
+                  ("lmc + cnn fg", {"method": "lmc", "foreground": "cnn"}),
+                  ("typed network", {"method": "typed"}))
+TYPE_COLOURS = {"epithelial": (1.0, 0.2, 0.2), "inflammatory": (0.2, 1.0, 0.2), "stromal": (0.2, 0.6, 1.0),
+                "other": (1.0, 1.0, 0.0)}
+PAIR_RADIUS_20X = 6.0  # px at 20x: HoVer-Net's 12 px at 40x, and the crchisto matching radius
+
+
+def _centroids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(label ids, (n, 2) row/col centroids) of the nonzero labels."""
+    from scipy import ndimage as ndi
+
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    if not ids.size:
+        return ids, np.zeros((0, 2))
+    return ids, np.array(ndi.center_of_mass(np.ones(labels.shape), labels, ids)).reshape(-1, 2)
+
+
+def _predict(rgb: np.ndarray, mpp: float, kw: dict) -> tuple[np.ndarray, dict[int, int] | None]:
+    """Labels of one variant, with a type index per label for the typed network (else None)."""
+    from napari_lnm.nuclei import NUCLEUS_TYPES, classify_nuclei
+
+    if kw.get("method") == "typed":
+        lab, types = classify_nuclei(rgb, mpp)
+        return lab, {int(k): NUCLEUS_TYPES.index(v) for k, v in types.items()}
+    return segment_nuclei(rgb, mpp, **kw), None
+
+
+def consep_held_out_tiles(data: Path) -> list[tuple[str, np.ndarray, list]]:
+    """Held-out CoNSeP tiles reassembled from their patches at 20x: (tile, rgb 500², [(patch labels
+    at 20x, patch types, row0, col0)]); overlap pixels come from the later patch (JPEG-close)."""
+    import csv
+
+    from _nuclei_data import CONSEP_HELD_OUT, TYPE_INDEX
+
+    rows = [r for r in csv.DictReader(open(data / "index.csv")) if r["tile"] in CONSEP_HELD_OUT]
+    out = []
+    for tile in sorted({r["tile"] for r in rows}, key=lambda t: int(t.split("_")[1])):
+        big = np.zeros((1000, 1000, 3), np.uint8)
+        patches = []
+        for r in sorted((r for r in rows if r["tile"] == tile), key=lambda r: int(r["patch"])):
+            y0, x0 = int(r["y0"]), int(r["x0"])
+            big[y0:y0 + 256, x0:x0 + 256] = io.imread(data / f"{r['name']}.jpg")[..., :3]
+            lab = io.imread(data / f"{r['name']}.labels.png")[::2, ::2].astype(np.int32)
+            types = {int(q["label"]): TYPE_INDEX[q["type"]] for q in csv.DictReader(open(data / f"{r['name']}.types.csv"))}
+            patches.append((lab, types, y0 // 2, x0 // 2))
+        out.append((tile, to_20x(big), patches))
+    return out
+
+
+def _window(lab: np.ndarray, r0: int, c0: int, n: int) -> np.ndarray:
+    """The n x n window of a label image at (r0, c0), ids kept (they key the types)."""
+    return np.ascontiguousarray(lab[r0:r0 + n, c0:c0 + n])
+
+
+def typed_tables(args) -> None:
+    """Accuracy of every segmenter and of the typed network on the held-out parts, and speed."""
+    import torch
+
+    from _nuclei_data import DATA, load_crchisto, load_dev, load_monuseg
+
+    from napari_lnm.nuclei import NUCLEUS_TYPES
+
+    torch.set_num_threads(1)
+    consep = consep_held_out_tiles(DATA / "nuclei-consep")
+    monu = [s for s in load_monuseg() if s.held_out]
+    dev = [s for s in load_dev() if s.held_out]
+    dev40 = [t for t in load(DATA / "nuclei-dev") if slide_of(t[0]) in ("TCGA-DU-8165", "TCGA-FG-A4MU")]
+    crc = [s for s in load_crchisto() if s.held_out]
+    print(f"Held out: CoNSeP {len(consep)} tiles ({sum(len(p) for _, _, p in consep)} patches), MoNuSeg "
+          f"{len(monu)} tiles, nuclei-dev {len(dev)} tiles, crchisto {len(crc)} images; all at 0.5 µm/px "
+          f"(nuclei-dev also at 40x).\n")
+    print("| method | dataset | Dice | AJI | PQ (DQ x SQ) | F1@0.5 | AJI pooled | nuclei true / found |")
+    print("|---|---|---|---|---|---|---|---|")
+    type_rows, crc_rows = {}, {}
+    for label, kw in TYPED_VARIANTS:
+        res: dict[str, list] = {"CoNSeP": [], "MoNuSeg": [], "nuclei-dev": [], "nuclei-dev 40x": []}
+        tc = TypeCounts.empty()
+        for _tile, rgb, patches in consep:
+            pred, ptypes = _predict(rgb, 0.5, kw)
+            for lab, types, r0, c0 in patches:
+                p = _window(pred, r0, c0, lab.shape[0])
+                res["CoNSeP"].append(score(lab, p))
+                if ptypes is not None:
+                    ti, tcen = _centroids(lab)
+                    pi, pcen = _centroids(p)
+                    tc.add(tcen, [types.get(int(i), -1) for i in ti], pcen, [ptypes[int(i)] for i in pi], PAIR_RADIUS_20X)
+        for s in monu:
+            res["MoNuSeg"].append(score(s.labels, _predict(s.rgb, 0.5, kw)[0]))
+        for s in dev:
+            res["nuclei-dev"].append(score(s.labels, _predict(s.rgb, 0.5, kw)[0]))
+        for _n, rgb, lab in dev40:
+            res["nuclei-dev 40x"].append(score(lab, _predict(rgb, MPP, kw)[0]))
+        for name, sc in res.items():
+            p = pooled(sc)
+            print(f"| {label} | {name} | {p['dice']:.3f} | {p['aji']:.3f} | {p['pq']:.3f} ({p['dq']:.3f} x {p['sq']:.3f}) | "
+                  f"{p['f1']:.3f} | {p['aji_pooled']:.3f} | {p['n_true']} / {p['n_pred']} |", flush=True)
+        if kw.get("method") == "typed":
+            type_rows[label] = [tc.type_f1(t) for t in range(len(NUCLEUS_TYPES))] + [tc.detection_f1()]
+        cc = TypeCounts.empty()
+        for s in crc:
+            lab, ptypes = _predict(s.rgb, 0.5, kw)
+            pi, pcen = _centroids(lab)
+            cc.add(s.points[:, :2], s.points[:, 2].astype(int), pcen,
+                   [ptypes[int(i)] if ptypes else -1 for i in pi], PAIR_RADIUS_20X)
+        crc_rows[label] = (cc.detection_f1(), cc.weighted_class_f1(len(NUCLEUS_TYPES)) if kw.get("method") == "typed"
+                           else float("nan"), sum(a.size for a in cc.paired_true))
+    print("\nCoNSeP held-out per-type F1 (HoVer-Net's definition: centroids paired within 6 px at 20x = 12 px at "
+          "40x, one-to-one; patches scored separately):\n")
+    print("| method | epithelial | inflammatory | stromal (spindle) | other | detection F1 |")
+    print("|---|---|---|---|---|---|")
+    print("| HoVer-Net (Graham et al. 2019, CoNSeP test) | 0.635 | 0.631 | 0.566 | 0.426 | 0.748 |")
+    for label, v in type_rows.items():
+        print(f"| {label} | " + " | ".join(f"{x:.3f}" for x in v) + " |")
+    print("\ncrchisto held-out (validation) points: predicted centroid within 6 px of a true point, one-to-one:\n")
+    print("| method | detection F1 | weighted classification F1 (paired, classified points) | pairs |")
+    print("|---|---|---|---|")
+    for label, (d, c, n) in crc_rows.items():
+        print(f"| {label} | {d:.3f} | {'' if np.isnan(c) else f'{c:.3f}'} | {n} |")
+    typed_speed(args)
+    if args.overlays:
+        typed_overlays(consep, args.overlays)
+
+
+def typed_speed(args) -> None:
+    """Median wall and CPU ms per 512² 20x crc-tiles tile on one thread, each variant."""
+    from _nuclei_data import DATA
+
+    from napari_lnm.nuclei import classify_nuclei
+    from napari_lnm.nuclei_net import use_bf16
+
+    tiles = [io.imread(f)[..., :3] for f in sorted((DATA / "crc-tiles").glob("*.jpg"))[:6]]
+    print(f"\nSpeed per 512² tile at 20x (crc-tiles, {len(tiles)} tiles x {args.repeats}), one thread, "
+          f"RGB in (colour deconvolution included), bf16 {'on' if use_bf16() else 'off'}:\n")
+    print("| method | wall ms | CPU ms |")
+    print("|---|---|---|")
+    for label, kw in TYPED_VARIANTS:
+        fn = (lambda rgb: classify_nuclei(rgb, 0.5)) if kw.get("method") == "typed" else (
+            lambda rgb, kw=kw: segment_nuclei(rgb, 0.5, **kw))
+        fn(tiles[0])
+        wall, cpu = [], []
+        for _ in range(args.repeats):
+            for rgb in tiles:
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn(rgb)
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+        name = label + (" (segment + type)" if kw.get("method") == "typed" else "")
+        print(f"| {name} | {np.median(wall) * 1e3:.1f} | {np.median(cpu) * 1e3:.1f} |", flush=True)
+
+
+def typed_overlays(consep, out_dir: Path) -> None:
+    """PNGs of typed nucleus contours on a held-out CoNSeP tile (truth left, prediction right) and on
+    a crc-tiles tile (colours: TYPE_COLOURS)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from skimage.segmentation import find_boundaries
+
+    from _nuclei_data import DATA
+
+    from napari_lnm.nuclei import NUCLEUS_TYPES, classify_nuclei
+
+    def paint(rgb, lab, types):
+        img = rgb.astype(np.float32) / 255
+        edge = find_boundaries(lab, mode="inner")
+        lut = np.zeros((int(lab.max()) + 1, 3), np.float32)
+        for k, t in types.items():
+            if 0 < k < lut.shape[0]:
+                lut[k] = TYPE_COLOURS[t]
+        img[edge] = lut[lab[edge]]
+        return img
+
+    legend = [Patch(color=c, label=t) for t, c in TYPE_COLOURS.items()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tile, rgb, patches = consep[0]
+    lab, types = classify_nuclei(rgb, 0.5)
+    # truth: the patches' labels pasted back, each patch's ids offset to stay distinct
+    truth = np.zeros(rgb.shape[:2], np.int64)
+    ttypes = {}
+    off = 0
+    for plab, ptypes, r0, c0 in patches:
+        win = truth[r0:r0 + plab.shape[0], c0:c0 + plab.shape[1]]
+        win[plab > 0] = plab[plab > 0] + off
+        ttypes.update({k + off: NUCLEUS_TYPES[v] for k, v in ptypes.items()})
+        off += int(plab.max()) + 1
+    fig, ax = plt.subplots(1, 2, figsize=(14, 7.4))
+    ax[0].imshow(paint(rgb, truth, ttypes))
+    ax[0].set_title(f"CoNSeP {tile} (held out): expert types")
+    ax[1].imshow(paint(rgb, lab, dict(types.items())))
+    ax[1].set_title(f"typed network: {lab.max()} nuclei")
+    for a in ax:
+        a.axis("off")
+    fig.legend(handles=legend, loc="lower center", ncol=4)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(out_dir / "nuclei_typed_consep.png", dpi=110)
+    plt.close(fig)
+    f = sorted((DATA / "crc-tiles").glob("*.jpg"))[3]
+    rgb = io.imread(f)[..., :3]
+    lab, types = classify_nuclei(rgb, 0.5)
+    counts = types.value_counts().to_dict()
+    fig, ax = plt.subplots(1, 2, figsize=(14, 7.4))
+    ax[0].imshow(rgb)
+    ax[0].set_title(f"crc-tiles {f.stem}")
+    ax[1].imshow(paint(rgb, lab, dict(types.items())))
+    ax[1].set_title("typed network: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for a in ax:
+        a.axis("off")
+    fig.legend(handles=legend, loc="lower center", ncol=4)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(out_dir / "nuclei_typed_crc.png", dpi=110)
+    plt.close(fig)
+    print(f"\nwrote {out_dir / 'nuclei_typed_consep.png'} and {out_dir / 'nuclei_typed_crc.png'}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -222,7 +447,12 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-only", action="store_true", help="skip the accuracy tables")
     ap.add_argument("--overlay", type=Path, default=None, help="write a PNG of truth vs LMC contours")
     ap.add_argument("--deep-weights", type=Path, default=None, help="also score method='deep' with this model")
+    ap.add_argument("--typed", action="store_true", help="only the held-out tables of issue 13 (typed network)")
+    ap.add_argument("--overlays", type=Path, default=None, help="with --typed: write typed overlay PNGs here")
     args = ap.parse_args(argv)
+    if args.typed:
+        typed_tables(args)
+        return 0
     if not args.data.is_dir():
         print(f"no data at {args.data}", file=sys.stderr)
         return 1

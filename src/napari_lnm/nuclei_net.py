@@ -44,9 +44,9 @@ def _torch() -> Any:
     return torch
 
 
-def build_unet(channels: tuple[int, int, int] = (12, 24, 48), in_channels: int = 2) -> Any:
+def build_unet(channels: tuple[int, int, int] = (12, 24, 48), in_channels: int = 2, out_channels: int = 2) -> Any:
     """An untrained 3-level U-Net (two 3x3 conv + ReLU per level, 2x2 max-pool down, nearest-neighbour
-    up then a 1x1 conv, skip concatenation) mapping (N, in, H, W) to (N, 2, H, W) logits; H, W % 4 == 0."""
+    up then a 1x1 conv, skip concatenation) mapping (N, in, H, W) to (N, out, H, W) maps; H, W % 4 == 0."""
     torch = _torch()
     nn, F = torch.nn, torch.nn.functional
 
@@ -65,7 +65,7 @@ def build_unet(channels: tuple[int, int, int] = (12, 24, 48), in_channels: int =
             self.d2 = block(2 * c2, c2)
             self.u1 = nn.Conv2d(c2, c1, 1)
             self.d1 = block(2 * c1, c1)
-            self.out = nn.Conv2d(c1, 2, 1)
+            self.out = nn.Conv2d(c1, out_channels, 1)
 
         def forward(self, x: Any) -> Any:
             a = self.e1(x)
@@ -84,7 +84,9 @@ def state_to_arrays(net: Any) -> dict[str, np.ndarray]:
 
 
 def load_unet(path: str | os.PathLike | None = None) -> Any:
-    """Load (and cache) U-Net weights from an .npz of float arrays; ModelError if missing or invalid."""
+    """Load (and cache) U-Net weights from an .npz of float arrays; ModelError if missing or invalid.
+
+    The file holds ``channels`` (3 widths), optionally ``out_channels`` (default 2) and the parameters."""
     path = Path(os.fspath(path)) if path is not None else UNET_PATH
     key = str(path.resolve())
     if key in _CACHE:
@@ -98,7 +100,10 @@ def load_unet(path: str | os.PathLike | None = None) -> Any:
         channels = tuple(int(v) for v in arrays.pop("channels"))
         if len(channels) != 3 or min(channels) < 1:
             raise ValueError(f"channels must be 3 positive numbers, got {channels}")
-        net = build_unet(channels)
+        out = int(arrays.pop("out_channels", 2))  # absent in the 2-output nucleus/interior U-Net file
+        if out < 1:
+            raise ValueError(f"out_channels must be positive, got {out}")
+        net = build_unet(channels, out_channels=out)
         expected = net.state_dict()
         if set(arrays) != set(expected) or any(arrays[k].shape != tuple(v.shape) for k, v in expected.items()):
             raise ValueError("parameter names or shapes do not match the architecture")
@@ -132,7 +137,8 @@ def _binning(mpp: float) -> int:
 
 
 def unet_logits(h: np.ndarray, e: np.ndarray, mpp: float, net: Any = None) -> np.ndarray:
-    """Nucleus and interior logits (2, rows, cols) float32 from H and E images (OD) at ``mpp`` µm/px."""
+    """The network's output maps (out_channels, rows, cols) float32 from H and E images (OD) at ``mpp``
+    µm/px; for the shipped U-Net the nucleus and interior logits."""
     torch = _torch()
     F = torch.nn.functional
     net = net if net is not None else load_unet()
