@@ -118,3 +118,17 @@ def test_typed_nuclei_flow_into_the_tile_analysis():
                            tissue, C.stromal_orientations(ta.labels, table.ids[types == C.STR]))
     for k, v in want.items():
         np.testing.assert_equal(ta.features[k], v)
+
+
+def test_typed_segmentation_types_come_from_the_network():
+    """segmentation='typed': labels and types from one pass of the typed network (classify_nuclei)."""
+    pytest.importorskip("torch")
+    from napari_lnm.features import analyse_tile
+    from napari_lnm.nuclei import NUCLEUS_TYPES, classify_nuclei
+    from napari_lnm.synth import make_synthetic_tile
+
+    rgb = make_synthetic_tile(1, seed=3, size=256)
+    ta = analyse_tile(rgb, MPP, segmentation="typed")
+    lab, named = classify_nuclei(rgb, MPP)
+    np.testing.assert_array_equal(ta.labels, lab)
+    assert [NUCLEUS_TYPES[t] for t in ta.types] == [named[int(i)] for i in ta.ids]

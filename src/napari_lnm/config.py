@@ -14,8 +14,9 @@ from napari_lnm.errors import UserError
 
 __all__ = ["TilingConfig", "ExtractionConfig", "SEGMENTATIONS", "ALLOWED_TILE_SIZES", "ALLOWED_MAGNIFICATIONS"]
 
-#: nucleus foregrounds (``napari_lnm.nuclei.segment_nuclei(foreground=...)``)
-SEGMENTATIONS = ("threshold", "model", "cnn")
+#: nucleus segmenters: the foregrounds of ``nuclei.segment_nuclei(foreground=...)`` and "typed", the typed
+#: network (``nuclei.classify_nuclei``: its nucleus types then feed the ``cells.*`` features)
+SEGMENTATIONS = ("threshold", "model", "cnn", "typed")
 ALLOWED_TILE_SIZES = (224, 256, 299, 512, 1024)
 ALLOWED_MAGNIFICATIONS = (5.0, 10.0, 20.0, 40.0)
 
@@ -36,7 +37,7 @@ class TilingConfig:
     min_tissue: float = 0.5
     max_tiles: Optional[int] = None
     seed: int = 0
-    segmentation: str = "threshold"  # "threshold" (default, fast), "model" (pixel classifier) or "cnn" (U-Net)
+    segmentation: str = "threshold"  # "threshold" (default, fast), "model" (pixel classifier), "cnn" (U-Net), "typed"
 
     def __post_init__(self) -> None:
         if float(self.magnification) not in ALLOWED_MAGNIFICATIONS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_lnm.config import SEGMENTATIONS
 from napari_lnm.errors import UserError
 
 
@@ -28,10 +29,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random tile draw (default 0)")
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a tile (default 0.5)")
     p.add_argument("--overlap", type=float, default=0.0, help="tile overlap fraction (default 0)")
-    p.add_argument("--segmentation", choices=("threshold", "model", "cnn"), default="threshold",
-                   help="nucleus foreground: 'threshold' (default, fast), 'model' (the shipped pixel classifier: "
-                        "more accurate, ~3x slower segmentation) or 'cnn' (the shipped U-Net, needs PyTorch: the most "
-                        "accurate, ~7x slower); a trained bundle remembers it and predict segments the same way")
+    p.add_argument("--segmentation", choices=SEGMENTATIONS, default="threshold",
+                   help="nucleus segmenter: 'threshold' (default, fast), 'model' (the shipped pixel classifier: "
+                        "more accurate, ~3x slower segmentation), 'cnn' (the shipped U-Net, needs PyTorch, ~7x "
+                        "slower) or 'typed' (the typed colorectal network, needs PyTorch: its nucleus types feed "
+                        "the cells.* features); a trained bundle remembers it and predict segments the same way")
     p.add_argument("--mpp", type=float, default=None, help="µm/px of the slide(s) when the metadata lacks it")
     p.add_argument("--force-mpp", action="store_true",
                    help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")

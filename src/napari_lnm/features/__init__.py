@@ -147,14 +147,21 @@ def analyse_tile(rgb: np.ndarray, mpp: float, labels: np.ndarray | None = None,
     if rgb.shape[0] < 2 or rgb.shape[1] < 2:
         raise UserError(f"tile: image too small for features, shape {rgb.shape}")
     h, e = separate(rgb)
-    if labels is None:
+    types = None
+    if labels is None and segmentation == "typed":  # the network's own types, from the same pass
+        from napari_lnm.nuclei import NUCLEUS_TYPES, classify_nuclei
+
+        labels, named = classify_nuclei(rgb, mpp, h=h, e=e)
+        ids = np.unique(labels[labels > 0])
+        types = np.array([NUCLEUS_TYPES.index(named.get(int(i), "other")) for i in ids], np.int64)
+    elif labels is None:
         from napari_lnm.nuclei import segment_nuclei
 
         labels = segment_nuclei(rgb, mpp, h=h, e=e, foreground=segmentation)
     labels = np.asarray(labels)
     if labels.shape != rgb.shape[:2]:
         raise UserError(f"tile: label image shape {labels.shape} does not match the tile {rgb.shape[:2]}")
-    return _analyse_images(h, e, labels, mpp)
+    return _analyse_images(h, e, labels, mpp, types)
 
 
 def tile_features(rgb: np.ndarray, mpp: float, segmentation: str = "threshold") -> dict[str, float]:
