@@ -87,7 +87,8 @@ def test_train_writes_a_pickle_free_bundle_with_a_cv_report(run):
     assert "CV ROC-AUC" in out["train"] and "95% CI" in out["train"]
     model = root / "model"
     names = {p.name for p in model.iterdir()}
-    assert {"bundle.json", "model.ubj", "cv_report.json", "oof.csv", "roc.png"} <= names
+    assert {"bundle.json", "cv_report.json", "oof.csv", "roc.png"} <= names
+    assert names & {"model.ubj", "params.npz"}  # XGBoost trees or the numpy classifiers' arrays (chosen recipe)
     assert {p.suffix for p in model.rglob("*") if p.is_file()} <= {".json", ".ubj", ".csv", ".png", ".npz"}
     meta = json.loads((model / "bundle.json").read_text())
     assert meta["config"]["tiling"]["tile_size"] == 256 and meta["config"]["cv"] == 2

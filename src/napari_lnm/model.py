@@ -850,12 +850,24 @@ def _inner_cv(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFr
     return scores, oof
 
 
+#: fewest slides of each class for which the recipe choice and calibration run an inner CV (2 folds,
+#: each training on at least 2 slides of a class)
+MIN_PER_CLASS_FOR_INNER_CV = 4
+
+
 def _train_calibrated(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
                       groups: np.ndarray | None) -> ModelBundle:
     """Choose the recipe by inner CV (when there is a choice), fit it on all slides, add the calibrator."""
     cands = config.candidates()
     if len(cands) == 1 and config.calibration == "none":
         return _train_single(tables, y, cands[0][1], feature_names, clinical, groups)
+    if np.bincount(np.asarray(y, int), minlength=2).min() < MIN_PER_CLASS_FOR_INNER_CV:
+        # an inner fold would train on a single slide of a class: no recipe choice, no calibration
+        bundle = _train_single(tables, y, cands[0][1], feature_names, clinical, groups)
+        bundle.config.update(recipe=cands[0][0], recipe_choice=config.recipe, inner_cv=config.inner_cv,
+                             calibration_note=f"too few slides per class (< {MIN_PER_CLASS_FOR_INNER_CV}) to choose "
+                                              f"a recipe or calibrate by inner CV")
+        return bundle
     tables = tile_tables(tables, feature_names)  # tile matrices read once for every fold and recipe
     scores, oof = _inner_cv(tables, y, config, feature_names, clinical, groups)
     best = max(range(len(cands)), key=lambda i: (np.nan_to_num(scores[cands[i][0]], nan=-1.0), -i))
