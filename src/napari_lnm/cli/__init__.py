@@ -43,15 +43,14 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """User-facing warnings as one ``warning: ...`` line (no source location)."""
     if issubclass(category, UserWarning):
-        print(f"napari-lnm: warning: {message}", file=sys.stderr if file is None else file)
-    else:
-        _SHOW_WARNING(message, category, filename, lineno, file, line)
+        return f"napari-lnm: warning: {message}\n"
+    return _FORMAT_WARNING(message, category, filename, lineno, line)
 
 
-_SHOW_WARNING = warnings.showwarning
+_FORMAT_WARNING = warnings.formatwarning
 
 
 @contextlib.contextmanager
@@ -59,11 +58,11 @@ def _cli_signals() -> Iterator[None]:
     """SIGTERM raises :class:`Terminated` and warnings print as one line, while a command runs."""
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
-    warnings.showwarning = _one_line_warning
+    warnings.formatwarning = _one_line_warning  # the format only: recorders (pytest.warns) still see them
     try:
         yield
     finally:
-        warnings.showwarning = _SHOW_WARNING
+        warnings.formatwarning = _FORMAT_WARNING
         if main_thread:
             signal.signal(signal.SIGTERM, old)
 
