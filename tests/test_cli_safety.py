@@ -313,3 +313,22 @@ def test_train_log_has_one_line_per_fold(project, tmp_path, capsys):
     assert "\r" not in err
     assert [ln.split(",")[0] for ln in err.splitlines() if ln.startswith("[")] == \
         ["[1/2] nested CV fold 1 done", "[2/2] nested CV fold 2 done"]
+
+
+def test_tile_and_synth_refuse_foreign_folders(tmp_path, capsys):
+    """`tile --out` and `synth OUT_DIR` follow the one output-folder rule too (and re-run into their own)."""
+    from napari_lnm.cli import main
+
+    foreign = tmp_path / "project"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["synth", str(foreign), "--n-slides", "1", "--size", "256x256"]) == 1
+    assert "refusing to write" in capsys.readouterr().err and (foreign / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "synth"
+    assert main(["synth", str(out), "--n-slides", "1", "--size", "256x256"]) == 0
+    assert main(["synth", str(out), "--n-slides", "1", "--size", "256x256"]) == 0  # its own folder
+    slide = next((out / "slides").glob("*.tif"))
+    assert main(["tile", str(slide), "--out", str(foreign), "--tile-size", "256"]) == 1
+    assert "refusing to write" in capsys.readouterr().err
+    assert main(["tile", str(slide), "--out", str(tmp_path / "t"), "--tile-size", "256", "--min-tissue", "0"]) == 0
+    assert main(["tile", str(slide), "--out", str(tmp_path / "t"), "--tile-size", "256", "--min-tissue", "0"]) == 0

@@ -44,6 +44,8 @@ SUBTYPE_MODEL = OutputKind("train-subtype", "subtype model", own=("config.json",
 FEATURES = OutputKind("extract", "features folder", markers=(MARKER,), own=("*.parquet", "errors.csv"))
 PREDICTION = OutputKind("predict", "prediction", markers=(MARKER, "result.json", "summary.csv"))
 DEMO = OutputKind("demo", "demo output", markers=(MARKER, "cohort/demo_stamp.json"))
+TILING = OutputKind("tile", "tile table", own=("tiles.parquet", "thumbnail.png"))
+SYNTH = OutputKind("synth", "synthetic cohort", markers=(MARKER, "cohort.csv"))
 
 
 def _ours(name: str) -> bool:

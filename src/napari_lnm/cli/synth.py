@@ -39,10 +39,12 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the cohort with a progress reporter; print the CSV path."""
+    from napari_lnm.outdir import SYNTH, check_out_dir, mark_out_dir
     from napari_lnm.progress import ProgressReporter
     from napari_lnm.synth import make_cohort
 
     size = parse_size(args.size)
+    mark_out_dir(check_out_dir(args.out_dir, SYNTH, option="OUT_DIR"), SYNTH)
     with ProgressReporter("synth", unit="slide") as progress:
         csv = make_cohort(args.out_dir, args.n_slides, seed=args.seed, size=size,
                           positive_fraction=args.positive_fraction,

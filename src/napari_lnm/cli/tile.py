@@ -67,6 +67,7 @@ def run(args) -> int:
     from napari_lnm._atomic import atomic_path
     from napari_lnm.errors import UserError
     from napari_lnm.io import mpp_option, open_slide
+    from napari_lnm.outdir import TILING, check_out_dir
     from napari_lnm.tissue import check_rois_inside, load_rois, tissue_mask
     from napari_lnm.tiling import TilingConfig, tile_slide, tile_size_level0
 
@@ -74,6 +75,7 @@ def run(args) -> int:
                           min_tissue=args.min_tissue, max_tiles=args.max_tiles, seed=args.seed)
     if args.thumbnail_size < 1:
         raise UserError(f"--thumbnail-size must be at least 1 px, got {args.thumbnail_size}")
+    check_out_dir(args.out, TILING)
     rois = load_rois(args.roi, args.slide) if args.roi is not None else None  # holes excluded
     with open_slide(args.slide, mpp=mpp_option(args.mpp, args.force_mpp)) as slide:
         check_rois_inside(rois, slide, args.roi)  # names the ROI file, before the tissue mask
