@@ -17,11 +17,17 @@ from ._charts import ChartCanvas
 from ._common import CloseWatcher, Runner, notify_error, path_row
 
 
-def train_job(cohort_csv: str, features_dir: str, out_dir: str, cv: int = 5, classifier: str = "xgboost",
+#: the Classifier box's first entry: the recipe chosen by inner CV and calibrated, as ``napari-lnm train``
+AUTO_RECIPE = "auto (inner CV)"
+
+
+def train_job(cohort_csv: str, features_dir: str, out_dir: str, cv: int = 5, classifier: str = AUTO_RECIPE,
               seed: int = 0, extract: bool = False, tiling: Any = None, progress=None, should_stop=None):
     """(Optionally extract features, then) cross-validate and train on all slides; save the bundle to ``out_dir``.
 
-    Returns ``(bundle, cv_report, out_path)``. Runs off the GUI thread.
+    ``classifier``: :data:`AUTO_RECIPE` (the recipe by inner CV, calibrated: the command line's default)
+    or one classifier of the method's fixed recipe.  Returns ``(bundle, cv_report, out_path)``. Runs off
+    the GUI thread.
     """
     from napari_lnm.model import (TrainConfig, check_duplicate_slides, cross_validate, load_feature_tables,
                                   read_cohort_csv, train_model)
@@ -40,8 +46,9 @@ def train_job(cohort_csv: str, features_dir: str, out_dir: str, cv: int = 5, cla
     check_duplicate_slides(cohort, tables)
     labels = cohort["label"].to_numpy()
     groups = cohort["patient_id"].astype(str).to_numpy() if "patient_id" in cohort.columns else None
-    cfg = TrainConfig(cv=int(cv), classifier=classifier, seed=int(seed),
-                      tiling=tiling_meta or (tiling.to_dict() if tiling is not None else None))
+    recipe = {"recipe": "auto", "calibration": "auto"} if classifier == AUTO_RECIPE else {"classifier": classifier}
+    cfg = TrainConfig(cv=int(cv), seed=int(seed), tiling=tiling_meta or (tiling.to_dict() if tiling is not None else None),
+                      **recipe)
     rep = cross_validate(tables, labels, groups=groups, config=cfg,
                          slide_ids=cohort["slide_id"].astype(str).tolist(), progress=progress, should_stop=should_stop)
     if progress:
@@ -87,7 +94,10 @@ class TrainWidget(QWidget):
         self.clf_combo = QComboBox()
         from napari_lnm.classifiers import CLASSIFIERS
 
-        self.clf_combo.addItems(list(CLASSIFIERS))
+        self.clf_combo.addItems([AUTO_RECIPE, *CLASSIFIERS])
+        self.clf_combo.setToolTip("auto: fusion, selection and classifier chosen by inner cross-validation, with "
+                                  "calibrated probabilities (as napari-lnm train); or one classifier of the "
+                                  "method's histogram + KS recipe")
         form.addRow("Classifier", self.clf_combo)
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         form.addRow("Seed", self.seed)
