@@ -20,4 +20,4 @@ def test_cli_out_under_a_file_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     lines = [ln for ln in err.strip().splitlines() if "error" in ln]  # the rest is the progress bar
-    assert "Traceback" not in err and len(lines) == 1 and "Not a directory" in lines[0]
+    assert "Traceback" not in err and len(lines) == 1 and "is a file, not a folder" in lines[0]
