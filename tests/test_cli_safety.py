@@ -332,3 +332,19 @@ def test_tile_and_synth_refuse_foreign_folders(tmp_path, capsys):
     assert "refusing to write" in capsys.readouterr().err
     assert main(["tile", str(slide), "--out", str(tmp_path / "t"), "--tile-size", "256", "--min-tissue", "0"]) == 0
     assert main(["tile", str(slide), "--out", str(tmp_path / "t"), "--tile-size", "256", "--min-tissue", "0"]) == 0
+
+
+def test_predict_reads_its_cohort_with_the_one_reader(tmp_path, capsys):
+    """predict --cohort uses cohort.read_cohort: a bad label or an extra field is a one-line error naming the row."""
+    from napari_lnm.cli import main
+
+    model = tmp_path / "m"
+    model.mkdir()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("slide_id,path,label\nA,a.svs,2\n")
+    assert main(["predict", "--cohort", str(bad), "--model", str(model), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "row 2 (A): label must be 0 or 1" in err and "Traceback" not in err
+    bad.write_text("slide_id,path\nA,a.svs,extra\n")
+    assert main(["predict", "--cohort", str(bad), "--model", str(model), "--out", str(tmp_path / "o")]) == 1
+    assert "row 2 has 3 fields, the header has 2" in capsys.readouterr().err

@@ -8,50 +8,29 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from napari_lnm.errors import CohortError, UserError
+from napari_lnm.errors import UserError
 from napari_lnm.outdir import unique_names
 
 HELP = "predict the metastasis probability of slide(s) with a trained model, with key tiles"
 
 
 def _read_prediction_cohort(csv: Path):
-    """Cohort CSV for prediction: slide_id and path required; label, roi optional (CohortError otherwise)."""
-    import pandas as pd
+    """Cohort CSV for prediction (``cohort.read_cohort``): slide_id and path required, label and roi optional;
+    a missing slide file fails only its own slide, later."""
+    from napari_lnm.cohort import read_cohort
 
-    if not csv.is_file():
-        raise CohortError(f"{csv}: cohort CSV not found")
-    try:
-        df = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise CohortError(f"{csv}: not a readable CSV ({type(exc).__name__})") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    missing = [c for c in ("slide_id", "path") if c not in df.columns]
-    if missing:
-        raise CohortError(f"{csv}: cohort lacks column(s) {', '.join(missing)} (needs slide_id,path)")
-    empty = df.index[(df["slide_id"].str.strip() == "") | (df["path"].str.strip() == "")]
-    if len(empty):
-        raise CohortError(f"{csv}: line {int(empty[0]) + 2} has an empty slide_id or path")
-    dup = df["slide_id"][df["slide_id"].duplicated()]
-    if len(dup):
-        raise CohortError(f"{csv}: duplicate slide_id {dup.iloc[0]!r}")
-    return df
+    return read_cohort(csv, check_files=False, required=("slide_id", "path"))
 
 
 def _jobs(args) -> list[dict]:
     """One job per slide: slide_id, path, roi (optional), label (optional)."""
     jobs: list[dict] = []
     if args.cohort:
-        df, csv = _read_prediction_cohort(Path(args.cohort)), Path(args.cohort)
+        df = _read_prediction_cohort(Path(args.cohort))  # paths resolved against the CSV's folder
         for r in df.to_dict(orient="records"):
-            p = Path(str(r["path"]))
-            if not p.is_absolute():
-                p = csv.parent / p
-            roi = r.get("roi")
-            if isinstance(roi, str) and roi:
-                roi = Path(roi) if Path(roi).is_absolute() else csv.parent / roi
-            else:
-                roi = None
-            jobs.append({"slide_id": str(r["slide_id"]), "path": p, "roi": roi, "label": r.get("label")})
+            roi = Path(r["roi"]) if isinstance(r.get("roi"), str) and r["roi"] else None
+            label = int(r["label"]) if "label" in r and int(r["label"]) >= 0 else None  # -1: not given
+            jobs.append({"slide_id": str(r["slide_id"]), "path": Path(str(r["path"])), "roi": roi, "label": label})
     for s in args.slides or []:
         jobs.append({"slide_id": Path(s).stem, "path": Path(s), "roi": Path(args.roi) if args.roi else None,
                      "label": None})
