@@ -179,7 +179,7 @@ def main() -> int:
     from napari_lnm.explain import key_tiles
     from napari_lnm.io import open_slide
     from napari_lnm.model import ModelBundle
-    from napari_lnm.pipeline import predict_slide, tiling_config_for
+    from napari_lnm.pipeline import predict_slide, prediction_tiling
 
     work = Path(args.work)
     t = time.perf_counter()
@@ -195,7 +195,7 @@ def main() -> int:
 
     with open_slide(slide_path) as slide:
         for tile_size in (256, 512):
-            cfg = tiling_config_for(bundle, tile_size=tile_size)
+            cfg = prediction_tiling(bundle, tile_size=tile_size)
             preds = []
             med, pred = _median_time(lambda: predict_slide(slide, bundle, config=cfg), args.repeats)
             preds.append(pred)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from napari_lnm.explain import KIND_COLOURS
-from napari_lnm.pipeline import Prediction, tiling_config_for
+from napari_lnm.pipeline import Prediction, prediction_tiling
 
 # ----------------------------------------------------------------------------------- helpers
 
@@ -122,16 +122,16 @@ def test_load_missing_result_is_user_error(tmp_path):
         Prediction.load(tmp_path)
 
 
-def test_tiling_config_for_bundle_config():
+def test_prediction_tiling_from_bundle_config():
     class B:
         config = {"tiling": {"magnification": 10.0, "tile_size": 256, "min_tissue": 0.3, "max_tiles": 8, "seed": 4}}
 
-    c = tiling_config_for(B())
+    c = prediction_tiling(B())
     assert (c.magnification, c.tile_size, c.min_tissue) == (10.0, 256, 0.3)
     assert c.max_tiles is None  # training caps do not carry over to prediction
-    c = tiling_config_for(B(), max_tiles=5, seed=1, min_tissue=None)
+    c = prediction_tiling(B(), max_tiles=5, seed=1, min_tissue=None)
     assert c.max_tiles == 5 and c.seed == 1 and c.min_tissue == 0.3
-    c = tiling_config_for(None)
+    c = prediction_tiling(None)
     assert c.magnification == 20.0 and c.tile_size == 512
 
 
@@ -214,7 +214,7 @@ def test_predict_slide_cancel(tiny_slide, tiny_bundle):
 def test_predict_slide_max_tiles_and_roi(tiny_slide, tiny_bundle):
     from napari_lnm.pipeline import predict_slide
 
-    pred = predict_slide(tiny_slide, tiny_bundle, config=tiling_config_for(tiny_bundle, max_tiles=2, seed=1))
+    pred = predict_slide(tiny_slide, tiny_bundle, config=prediction_tiling(tiny_bundle, max_tiles=2, seed=1))
     assert pred.n_tiles == 2
     roi = [np.array([[0, 0], [520, 0], [520, 520], [0, 520]], float)]
     pred = predict_slide(tiny_slide, tiny_bundle, rois=roi)

@@ -14,7 +14,7 @@ from test_pipeline import make_tiny_bundle, make_tiny_slide
 
 from napari_lnm.engine import LocalPool
 from napari_lnm.errors import UserError
-from napari_lnm.pipeline import MIN_PARALLEL_TILES, predict_slide, shutdown_pool, tiling_config_for
+from napari_lnm.pipeline import MIN_PARALLEL_TILES, predict_slide, shutdown_pool, prediction_tiling
 from napari_lnm.progress import Cancelled
 
 
@@ -52,7 +52,7 @@ def bundle():
 
 @pytest.fixture(scope="module")
 def cfg(bundle):
-    return tiling_config_for(bundle, tile_size=256)
+    return prediction_tiling(bundle, tile_size=256)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -120,7 +120,7 @@ def test_warm_pool_reused_and_small_jobs_stay_in_process(slide, bundle, cfg):
     assert len(pids) == 2
     predict_slide(slide, bundle, config=cfg, workers=2)
     assert _worker_pids() == pids  # the second run used the same processes
-    small = predict_slide(slide, bundle, config=tiling_config_for(bundle, tile_size=256, max_tiles=4), workers=2)
+    small = predict_slide(slide, bundle, config=prediction_tiling(bundle, tile_size=256, max_tiles=4), workers=2)
     assert small.n_tiles == 4 and small.timings["workers"] == 1
     with pytest.raises(UserError, match="workers"):
         predict_slide(slide, bundle, config=cfg, workers=0)
@@ -128,7 +128,7 @@ def test_warm_pool_reused_and_small_jobs_stay_in_process(slide, bundle, cfg):
 
 def test_cancel_stops_fast_and_leaves_no_workers(big, bundle):
     # 16 tiles of 512 px (~0.1-0.3 s each): the workers are busy when the stop comes
-    cfg = tiling_config_for(bundle, tile_size=512)
+    cfg = prediction_tiling(bundle, tile_size=512)
     stop_at: list[float] = []
 
     def progress(done, total, msg):

@@ -10,7 +10,7 @@ from napari_lnm import extract
 from napari_lnm.errors import UserError
 from napari_lnm.features import analyse_tile, feature_names
 from napari_lnm.nuclei import segment_nuclei
-from napari_lnm.pipeline import tiling_config_for
+from napari_lnm.pipeline import prediction_tiling
 from napari_lnm.tiling import TilingConfig
 
 CFG = TilingConfig(tile_size=256, max_tiles=2, seed=1)
@@ -60,10 +60,10 @@ def test_prediction_uses_the_bundles_segmentation():
     class Bundle:  # what a trained bundle exposes: its training config with the tiling dict
         config = {"tiling": TilingConfig(tile_size=256, segmentation="model").to_dict()}
 
-    cfg = tiling_config_for(Bundle())
+    cfg = prediction_tiling(Bundle())
     assert cfg.segmentation == "model" and cfg.tile_size == 256 and cfg.max_tiles is None
     old = {"tiling": {k: v for k, v in TilingConfig().to_dict().items() if k != "segmentation"}}
-    assert tiling_config_for(type("Old", (), {"config": old})()).segmentation == "threshold"  # older bundles
+    assert prediction_tiling(type("Old", (), {"config": old})()).segmentation == "threshold"  # older bundles
 
 
 def test_cli_extract_segmentation_flag(cohort_csv, tmp_path):

@@ -29,7 +29,7 @@ from napari_lnm.progress import Cancelled, ProgressFn, StopFn, check_stop, repor
 
 __all__ = [
     "META_COLUMNS", "TileResults", "analyse_tiles", "analyse_chunk", "tile_frame", "tile_segments",
-    "Executor", "Inline", "LocalPool", "DaskExecutor", "make_executor", "warm_pool", "shutdown_pool",
+    "Executor", "Inline", "LocalPool", "DaskExecutor", "make_executor", "shutdown_pool",
     "chunk_bounds", "one_blas_thread", "tune_malloc", "worker_died",
 ]
 
@@ -176,8 +176,10 @@ def chunk_bounds(n: int, workers: int, chunk_tiles: int) -> list[tuple[int, int]
 
 
 def worker_died(exc: BaseException) -> bool:
-    """True for the errors an executor raises when a worker process died."""
-    return isinstance(exc, cf.process.BrokenProcessPool) or type(exc).__name__ in ("KilledWorker",)
+    """True for the errors an executor raises when a worker process died (a local pool's, or Dask's)."""
+    from distributed import KilledWorker
+
+    return isinstance(exc, (cf.process.BrokenProcessPool, KilledWorker))
 
 
 # ----------------------------------------------------------------------------- executors
@@ -316,21 +318,11 @@ class DaskExecutor:
             self.client.close()
 
 
-_POOL_LOCK = threading.Lock()
-
-
-def warm_pool(workers: int) -> LocalPool:
-    """The process-wide warm pool with ``workers`` processes (loky keeps one; resized on demand)."""
-    with _POOL_LOCK:
-        return LocalPool(workers)
-
-
 def shutdown_pool() -> None:
     """Stop the warm worker processes now (also done when this process exits)."""
     from loky import get_reusable_executor
 
-    with _POOL_LOCK:
-        get_reusable_executor(max_workers=1).shutdown(wait=True, kill_workers=True)
+    get_reusable_executor(max_workers=1).shutdown(wait=True, kill_workers=True)
 
 
 def make_executor(workers: int = 1, scheduler: Any = None) -> Executor:
@@ -340,7 +332,7 @@ def make_executor(workers: int = 1, scheduler: Any = None) -> Executor:
         raise UserError(f"--workers must be at least 1, got {workers}")
     if scheduler is not None:
         return DaskExecutor(scheduler)
-    return warm_pool(workers) if workers > 1 else Inline()
+    return LocalPool(workers) if workers > 1 else Inline()
 
 
 @contextlib.contextmanager
@@ -370,25 +362,20 @@ def analyse_tiles(slide: Any, tiles: pd.DataFrame, config: TilingConfig, *, keep
     every 0.1 s (pools), then queued chunks are cancelled and running ones told to quit (Cancelled).
     A dead worker raises SlideError naming the slide.
     """
-    executor = executor or Inline()
-    xs, ys = tiles["x"].to_numpy(), tiles["y"].to_numpy()
-    path = slide if isinstance(slide, (str, os.PathLike)) else getattr(slide, "path", None)
-    if executor.in_process or path is None or not os.path.isfile(str(path)):
-        if isinstance(slide, (str, os.PathLike)):
-            from napari_lnm.io import open_slide
-
-            with open_slide(slide) as opened:
-                return analyse_tiles(opened, tiles, config, keep_images=keep_images, progress=progress,
-                                     should_stop=should_stop)
-        with one_blas_thread():
-            return _analyse_list(slide, xs, ys, config, keep_images, should_stop, progress)
-    mpp = float(slide.mpp) if not isinstance(slide, (str, os.PathLike)) else None
-    if mpp is None:
+    if isinstance(slide, (str, os.PathLike)):
         from napari_lnm.io import open_slide
 
-        with open_slide(path) as opened:
-            mpp = float(opened.mpp)
-    return _run_chunks(executor, str(path), mpp, xs, ys, config, keep_images, progress, should_stop, chunk_tiles)
+        with open_slide(slide) as opened:
+            return analyse_tiles(opened, tiles, config, keep_images=keep_images, executor=executor,
+                                 progress=progress, should_stop=should_stop, chunk_tiles=chunk_tiles)
+    executor = executor or Inline()
+    xs, ys = tiles["x"].to_numpy(), tiles["y"].to_numpy()
+    path = getattr(slide, "path", None)
+    if executor.in_process or path is None or not os.path.isfile(str(path)):  # workers need a file to reopen
+        with one_blas_thread():
+            return _analyse_list(slide, xs, ys, config, keep_images, should_stop, progress)
+    return _run_chunks(executor, str(path), float(slide.mpp), xs, ys, config, keep_images, progress, should_stop,
+                       chunk_tiles)
 
 
 def _run_chunks(executor: Executor, path: str, mpp: float, xs: np.ndarray, ys: np.ndarray, config: TilingConfig,

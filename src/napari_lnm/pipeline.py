@@ -32,17 +32,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_lnm.subtype import SubtypeModel
 
 __all__ = ["Prediction", "predict_slide", "find_tiles", "route", "analyse", "score", "explain_scores", "Scores",
-           "check_clinical", "prediction_tiling", "recorded_tiling", "tiling_config_for", "default_workers",
+           "check_clinical", "prediction_tiling", "recorded_tiling", "default_workers",
            "shutdown_pool", "RESULT_VERSION", "MIN_PARALLEL_TILES", "CHUNK_TILES"]
 
 #: Fewest tiles for which ``workers > 1`` uses worker processes (below, starting a cold pool costs more).
 MIN_PARALLEL_TILES = 16
 #: Most tiles per worker task (small chunks: smooth progress, good load balance at the end).
 CHUNK_TILES = 4
-
-#: the name the CLI and widget have used for :func:`napari_lnm.provenance.prediction_tiling`
-tiling_config_for = prediction_tiling
-
 
 def default_workers() -> int:
     """Worker processes the CLI and the napari widget use by default: min(2, CPU count)."""

@@ -80,17 +80,19 @@ def _forced(mpp: Optional[float]) -> bool:
 
 
 def extraction_provenance(config: TilingConfig, mpp_override: Optional[float], rois: Rois,
-                          slide_path: str | os.PathLike) -> dict:
-    """The :data:`VALIDITY_KEYS` record of one slide's extraction."""
-    return {
+                          slide_path: Optional[str | os.PathLike]) -> dict:
+    """The :data:`VALIDITY_KEYS` record of one slide's extraction (without ``slide_file`` when no path is given)."""
+    record = {
         "package_version": __version__,
         "tiling": config.to_dict(),
         "mpp_override": None if mpp_override is None else float(mpp_override),
         "mpp_forced": _forced(mpp_override),
         "feature_schema_hash": feature_schema_hash(),
         "rois_hash": rois_hash(rois),
-        "slide_file": slide_identity(slide_path),
     }
+    if slide_path is not None:
+        record["slide_file"] = slide_identity(slide_path)
+    return record
 
 
 def read_provenance(source: Any) -> Optional[dict]:
@@ -150,14 +152,10 @@ def is_done(parquet: str | os.PathLike, config: TilingConfig, mpp: Optional[floa
     prov = read_provenance(parquet)
     if prov is None:
         return False
-    want = {"package_version": __version__, "tiling": config.to_dict(),
-            "mpp_override": None if mpp is None else float(mpp), "mpp_forced": _forced(mpp),
-            "feature_schema_hash": feature_schema_hash(), "rois_hash": rois_hash(rois)}
-    if slide_path is not None:
-        try:
-            want["slide_file"] = slide_identity(slide_path)
-        except OSError:  # the slide is gone: nothing to compare with, re-extraction will report it
-            return False
+    try:
+        want = extraction_provenance(config, mpp, rois, slide_path)
+    except OSError:  # the slide is gone: nothing to compare with, re-extraction will report it
+        return False
     if any(prov.get(k) != v for k, v in want.items()):
         return False
     return parquet_readable(parquet)

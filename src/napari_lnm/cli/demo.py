@@ -74,7 +74,7 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
     from napari_lnm.model import ModelBundle, TrainConfig, cross_validate, load_feature_tables, train_model
     from napari_lnm.outdir import DEMO, FEATURES, check_out_dir, mark_out_dir
     from napari_lnm.progress import ProgressReporter
-    from napari_lnm.pipeline import Prediction, predict_slide, tiling_config_for
+    from napari_lnm.pipeline import Prediction, predict_slide, prediction_tiling
     from napari_lnm.synth import make_cohort
     from napari_lnm.tiling import TilingConfig
 
@@ -168,7 +168,7 @@ def run_demo(out: Path, n_slides: int = 24, seed: int = 0, workers: int = 2, sli
         except (UserError, ValueError):
             pred = None
     if pred is None:
-        pcfg = tiling_config_for(bundle, max_tiles=predict_tiles, seed=seed)
+        pcfg = prediction_tiling(bundle, max_tiles=predict_tiles, seed=seed)
         bar = ProgressReporter("sample slide", disable=quiet, unit="tile", log_units=False)
         try:
             pred = predict_slide(slide, bundle, config=pcfg, progress=bar)

@@ -169,7 +169,7 @@ def run(args) -> int:
     from napari_lnm._atomic import atomic_path
     from napari_lnm.model import ClinicalWarning, ModelBundle
     from napari_lnm.outdir import PREDICTION, check_out_dir, mark_out_dir
-    from napari_lnm.pipeline import Prediction, default_workers, predict_slide, tiling_config_for
+    from napari_lnm.pipeline import Prediction, default_workers, predict_slide, prediction_tiling
     from napari_lnm.progress import ProgressReporter
 
     if args.top_k < 1:
@@ -185,7 +185,7 @@ def run(args) -> int:
     jobs = _jobs(args)
     out_root = check_out_dir(args.out, PREDICTION)
     bundle = ModelBundle.load(args.model)
-    config = tiling_config_for(bundle, max_tiles=args.max_tiles, seed=args.seed, min_tissue=args.min_tissue)
+    config = prediction_tiling(bundle, max_tiles=args.max_tiles, seed=args.seed, min_tissue=args.min_tissue)
     subtype_model = None
     if args.subtype_model:
         from napari_lnm.subtype import SubtypeModel
