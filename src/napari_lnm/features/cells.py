@@ -11,9 +11,10 @@ and fraction are counts, so 0 there is measured (fractions are NaN in a tile wit
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import Delaunay, QhullError, cKDTree
+from scipy.spatial import cKDTree
 
-from .catalog import FeatureInfo
+from .catalog import FeatureInfo, summarise
+from .graph import delaunay_edges
 
 __all__ = ["CELL_TYPES", "CATALOG", "cell_features", "stromal_orientations", "GROUP", "KIND"]
 
@@ -87,29 +88,14 @@ NAMES: tuple[str, ...] = tuple(i.name for i in CATALOG)
 
 
 def _stats(v: np.ndarray) -> list[float]:
-    """Mean, std, p10, p90 of the finite values (NaN when none)."""
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return [np.nan] * 4
-    p10, p90 = np.percentile(v, (10.0, 90.0))
-    return [float(v.mean()), float(v.std()), float(p10), float(p90)]
+    """Mean, std, p10, p90 of the finite values (NaN when none): :data:`STATS` of ``catalog.summarise``."""
+    mean, std, _median, p10, p90 = summarise(v)
+    return [mean, std, p10, p90]
 
 
 def _nearest(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Distance (px) from every point of ``src`` to its nearest point of ``dst``."""
     return cKDTree(dst).query(src, k=1)[0] if len(src) and len(dst) else np.zeros(0)
-
-
-def _delaunay_pairs(pts: np.ndarray) -> np.ndarray:
-    """Unique Delaunay edges (m, 2) of points (n, 2); empty when fewer than 3 non-collinear points."""
-    if len(pts) < 3:
-        return np.zeros((0, 2), np.int64)
-    try:
-        simp = Delaunay(pts).simplices
-    except QhullError:  # collinear or duplicate points
-        return np.zeros((0, 2), np.int64)
-    e = np.concatenate([simp[:, [0, 1]], simp[:, [1, 2]], simp[:, [0, 2]]])
-    return np.unique(np.sort(e, axis=1), axis=0)
 
 
 def stromal_orientations(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -171,13 +157,13 @@ def cell_features(centroids: np.ndarray, types: np.ndarray, measures: dict[str, 
         for r in CONTACT_UM:
             out[f"cells.epi_with_inf_{r:g}um"] = 0.0
     typed = types >= 0
-    edges = _delaunay_pairs(pts[typed])
+    edges = delaunay_edges(pts[typed])[1]
     if len(edges):
         tt = types[typed][edges]
         pair = np.sort(tt, axis=1)
         out["cells.delaunay_epi_inf_fraction"] = float(np.mean((pair[:, 0] == EPI) & (pair[:, 1] == INF)))
         out["cells.delaunay_epi_str_fraction"] = float(np.mean((pair[:, 0] == EPI) & (pair[:, 1] == STR)))
-    e_edges = _delaunay_pairs(epi)
+    e_edges = delaunay_edges(epi)[1]
     if len(e_edges):
         lengths = np.hypot(*(epi[e_edges[:, 0]] - epi[e_edges[:, 1]]).T) * mpp
         out["cells.epithelial_delaunay_edge_mean"] = float(lengths.mean())
