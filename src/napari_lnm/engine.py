@@ -28,7 +28,7 @@ from napari_lnm.errors import SlideError, UserError
 from napari_lnm.progress import Cancelled, ProgressFn, StopFn, check_stop, report
 
 __all__ = [
-    "META_COLUMNS", "TileResults", "analyse_tiles", "analyse_chunk", "tile_frame", "tile_segments",
+    "META_COLUMNS", "TileResults", "column_names", "analyse_tiles", "analyse_chunk", "tile_frame", "tile_segments",
     "Executor", "Inline", "LocalPool", "DaskExecutor", "make_executor", "shutdown_pool",
     "chunk_bounds", "one_blas_thread", "tune_malloc", "worker_died",
 ]
@@ -43,9 +43,16 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "N
                 "VECLIB_MAXIMUM_THREADS")
 
 
+def column_names(config: TilingConfig) -> list[str]:
+    """The feature columns ``config`` computes: ``features.feature_names()``, then its ``deep.*`` columns."""
+    from napari_lnm.features import feature_names
+
+    return feature_names() + (config.deep.names() if config.deep is not None else [])
+
+
 @dataclass
 class TileResults:
-    """Features (n, n_features) float64 in ``feature_names()`` order and, when kept, each tile's
+    """Features (n, n_features) float64 in ``column_names(config)`` order and, when kept, each tile's
     ``TileAnalysis`` and its (Voronoi, Delaunay) display segments ((M, 2, 2) row/col working px)."""
 
     features: np.ndarray
@@ -62,10 +69,8 @@ class TileResults:
 
 
 # ----------------------------------------------------------------------------- tile tables
-def tile_frame(slide_id: str, tiles: pd.DataFrame, features: np.ndarray) -> pd.DataFrame:
-    """The slide's tile table: :data:`META_COLUMNS` (int64 px, float32 fraction) then the feature columns."""
-    from napari_lnm.features import feature_names
-
+def tile_frame(slide_id: str, tiles: pd.DataFrame, features: np.ndarray, config: TilingConfig) -> pd.DataFrame:
+    """The slide's tile table: :data:`META_COLUMNS` (int64 px, float32 fraction) then ``column_names(config)``."""
     meta = pd.DataFrame({
         "slide_id": pd.Series([slide_id] * len(tiles), dtype=str),
         "x": tiles["x"].to_numpy(np.int64),
@@ -73,7 +78,7 @@ def tile_frame(slide_id: str, tiles: pd.DataFrame, features: np.ndarray) -> pd.D
         "size": tiles["size"].to_numpy(np.int64),
         "tissue_fraction": tiles["tissue_fraction"].to_numpy(np.float32),
     })
-    return pd.concat([meta, pd.DataFrame(features, columns=feature_names())], axis=1)
+    return pd.concat([meta, pd.DataFrame(features, columns=column_names(config))], axis=1)
 
 
 # ----------------------------------------------------------------------------- per-tile work
@@ -121,24 +126,48 @@ def tile_segments(ta: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _analyse_list(slide: Any, xs: Sequence[int], ys: Sequence[int], config: TilingConfig, keep_images: bool,
                   should_stop: Optional[StopFn] = None, progress: Optional[ProgressFn] = None) -> TileResults:
-    """The tile loop: read each tile at the working µm/px, analyse it, keep its features (and images)."""
+    """The tile loop: read each tile at the working µm/px, analyse it, keep its features (and images).
+
+    With deep features, the tiles' RGB images are embedded in batches of ``features.deep.BATCH_TILES``.
+    """
     from napari_lnm.features import analyse_tile, feature_names
     from napari_lnm.tiling import read_tile
 
     names = feature_names()
-    feats = np.full((len(xs), len(names)), np.nan, dtype=np.float64)
+    n_hand = len(names)
+    feats = np.full((len(xs), len(column_names(config))), np.nan, dtype=np.float64)
     analyses: Optional[list] = [] if keep_images else None
     segments: Optional[list] = [] if keep_images else None
+    batch: list[tuple[int, np.ndarray]] = []
     for i, (x, y) in enumerate(zip(xs, ys)):
         check_stop(should_stop)
-        ta = analyse_tile(read_tile(slide, int(x), int(y), config), float(config.mpp),
-                          segmentation=config.segmentation)
-        feats[i] = [ta.features.get(k, np.nan) for k in names]
+        rgb = read_tile(slide, int(x), int(y), config)
+        ta = analyse_tile(rgb, float(config.mpp), segmentation=config.segmentation)
+        feats[i, :n_hand] = [ta.features.get(k, np.nan) for k in names]
+        if config.deep is not None:
+            batch.append((i, rgb))
+            if len(batch) == _deep_batch() or i == len(xs) - 1:
+                _embed_batch(feats, batch, config, n_hand)
+                batch = []
         if keep_images:
             analyses.append(ta)
             segments.append(tile_segments(ta))
         report(progress, i + 1, len(xs), f"analysing tile {i + 1}/{len(xs)}")
     return TileResults(feats, analyses, segments)
+
+
+def _deep_batch() -> int:
+    from napari_lnm.features.deep import BATCH_TILES
+
+    return BATCH_TILES
+
+
+def _embed_batch(feats: np.ndarray, batch: list[tuple[int, np.ndarray]], config: TilingConfig, n_hand: int) -> None:
+    """Write the deep embeddings of the batch's tiles (row index, RGB) into ``feats[row, n_hand:]``."""
+    from napari_lnm.features.deep import deep_features
+
+    rows = [i for i, _ in batch]
+    feats[rows, n_hand:] = deep_features(np.stack([rgb for _, rgb in batch]), config.deep)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from napari_lnm.config import is_deep
+
 __all__ = [
     "KIND_COLOURS",
     "KINDS",
@@ -430,7 +432,8 @@ def _reason_text(feat: str, value: float, unit: str, text: str, el: pd.Series, e
         tail = "higher in metastatic" if element_direction(el) >= 0 else "lower in metastatic"
     else:
         tail = "lowers risk"
-    return f"{feat} = {vtxt} {text}, {tail}".replace("  ", " ")
+    what = f"{feat} (deep feature, no direct meaning)" if is_deep(feat) else feat
+    return f"{what} = {vtxt} {text}, {tail}".replace("  ", " ")
 
 
 # --------------------------------------------------------------------------- a slide's explanation
@@ -472,6 +475,8 @@ def explain_element(r: dict) -> str:
     feat = str(r.get("feature", ""))
     b = r.get("bin")
     value = r.get("value")
+    if is_deep(feat):
+        direction = f" (deep feature, no direct meaning){direction}"
     if isinstance(b, (int, float, np.integer, np.floating)) and np.isfinite(b) and b >= 1 and value is not None:
         unit = feature_unit(feat)
         rng = f"{bin_range_text(r.get('bin_lo'), r.get('bin_hi'))} {unit}".rstrip()
@@ -501,6 +506,15 @@ def global_importance(importance: pd.DataFrame, k: int) -> pd.DataFrame:
     if "feature" in imp.columns:
         imp["kind"] = [feature_kind(f) for f in imp["feature"]]
     return imp
+
+
+def group_deep(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """(element, importance) pairs with all deep elements summed into one ``deep features (n elements)`` pair."""
+    deep = [v for n, v in pairs if is_deep(n)]
+    if not deep:
+        return list(pairs)
+    rest = [(n, v) for n, v in pairs if not is_deep(n)]
+    return rest + [(f"deep features ({len(deep)} elements)", float(np.nansum(deep)))]
 
 
 def cell_summary(tiles: pd.DataFrame) -> dict:

@@ -68,7 +68,7 @@ def _extract(path: str, slide_id: str, config: TilingConfig, mpp: Optional[float
             raise no_tiles_error(slide, config, with_roi=rois is not None)
         report(progress, 0, len(tiles), f"{slide_id}: {len(tiles)} tiles")
         res = analyse_tiles(slide, tiles, config, executor=executor, progress=progress, should_stop=should_stop)
-        return tile_frame(slide_id, tiles, res.features), prov, float(slide.mpp)
+        return tile_frame(slide_id, tiles, res.features, config), prov, float(slide.mpp)
 
 
 def extract_slide(path: str | os.PathLike, out_parquet: Optional[str | os.PathLike], config: Optional[TilingConfig] = None,

@@ -66,6 +66,13 @@ class TileTable:
         self.matrix = tile_matrix(df, self.feature_names)
         self.cache: dict = {}
 
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray, feature_names: Sequence[str]) -> "TileTable":
+        """A TileTable of an existing (n_tiles, T) float64 matrix whose columns are ``feature_names``."""
+        t = cls.__new__(cls)
+        t.feature_names, t.matrix, t.cache = list(feature_names), matrix, {}
+        return t
+
     def __len__(self) -> int:
         return len(self.matrix)
 
@@ -477,6 +484,125 @@ class KMeansFusion(Fusion):
         return f
 
 
+class DeepPCA:
+    """Principal components of the ``deep.*`` tile columns: ``mean`` (D,) and ``components`` (k, D), fitted on
+    the training slides' tiles only; a tile's projection is ``(x - mean) @ components.T`` (k,)."""
+
+    def __init__(self, columns: Sequence[str], n_components: int = 8) -> None:
+        if int(n_components) < 1:
+            raise UserError(f"deep feature components must be at least 1, got {n_components}")
+        self.columns = list(columns)
+        self.n_components = int(n_components)
+        self.mean: np.ndarray | None = None
+        self.components: np.ndarray | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """Component column names ``deep.pc01``, ``deep.pc02``, ..."""
+        k = self.n_components if self.components is None else len(self.components)
+        return [f"deep.pc{i + 1:02d}" for i in range(k)]
+
+    def fit(self, pooled: np.ndarray) -> "DeepPCA":
+        """Fit on the pooled training tiles (N, D); tiles with an undefined value are left out."""
+        from sklearn.decomposition import PCA
+
+        x = pooled[np.isfinite(pooled).all(axis=1)]
+        if len(x) < 2:
+            raise CohortError("the training slides have fewer than 2 tiles with deep features to fit their PCA")
+        k = min(self.n_components, x.shape[1], len(x) - 1)
+        # randomized SVD: the cost grows with k, not with the embedding width squared; seeded, so deterministic
+        pca = PCA(n_components=k, svd_solver="randomized", random_state=0).fit(x)
+        self.mean, self.components = pca.mean_.astype(np.float64), pca.components_.astype(np.float64)
+        return self
+
+    def project(self, m: np.ndarray) -> np.ndarray:
+        """Component scores (n, k) of tile values ``m`` (n, D); a tile with an undefined value gets NaN."""
+        return (m - self.mean[None, :]) @ self.components.T
+
+    def to_dict(self) -> dict:
+        """JSON-able parameters."""
+        return {"columns": self.columns, "mean": self.mean.tolist(), "components": self.components.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict, field: str) -> "DeepPCA":
+        """Inverse of :meth:`to_dict`; FieldError naming a bad field."""
+        d = need_dict(d, field)
+        cols = need_strs(need_key(d, "columns", field), f"{field}.columns", unique=True)
+        mean = need_array(need_key(d, "mean", field), f"{field}.mean", (len(cols),))
+        comps = need_list(need_key(d, "components", field), f"{field}.components")
+        if not comps:
+            fail(f"{field}.components", "is empty")
+        f = cls(cols, len(comps))
+        f.mean = mean
+        f.components = need_array(comps, f"{field}.components", (len(comps), len(cols)))
+        return f
+
+
+class ProjectedFusion(Fusion):
+    """``inner`` fusion of the hand-crafted tile features and of the first principal components of the
+    ``deep.*`` columns (:class:`DeepPCA`, fitted with the fusion: inside every CV fold on its training slides)."""
+
+    def __init__(self, inner: Fusion, n_components: int = 8) -> None:
+        super().__init__()
+        self.inner = inner
+        self.pca = DeepPCA([], n_components)
+        self.plain: list[str] = []  # the tile features fused as they are
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        """The inner fusion's kind (``histogram``, ``mean``, ...)."""
+        return self.inner.kind
+
+    @property
+    def bins(self) -> int:
+        """Bins of an inner histogram fusion."""
+        return self.inner.bins
+
+    def fit(self, tables, feature_names):  # noqa: D401 - see base
+        """Fit the PCA on the training tiles' deep columns, then the inner fusion on the projected tables."""
+        from napari_lnm.config import is_deep
+
+        self.feature_names = list(feature_names)
+        self.plain = [f for f in self.feature_names if not is_deep(f)]
+        self.pca = DeepPCA([f for f in self.feature_names if is_deep(f)], self.pca.n_components)
+        self.pca.fit(_pooled(tables, self.pca.columns))
+        self.inner.fit(self._project(tables), self.plain + self.pca.names)
+        return self
+
+    def transform(self, tables):  # noqa: D401 - see base
+        """Fused vectors (n_slides, P) of the projected tables."""
+        if isinstance(tables, (pd.DataFrame, TileTable)):
+            tables = [tables]
+        self._check_fitted()
+        return self.inner.transform(self._project(tables))
+
+    def _project(self, tables) -> list[TileTable]:
+        """Each table as a TileTable of the plain features then the deep component scores."""
+        return [TileTable.from_matrix(np.concatenate([tile_matrix(t, self.plain),
+                                                      self.pca.project(tile_matrix(t, self.pca.columns))], axis=1),
+                                      self.plain + self.pca.names) for t in tables]
+
+    def with_components(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with its tiles' component scores added as ``deep.pc01``, ... columns (for key tiles)."""
+        scores = self.pca.project(tile_matrix(df, self.pca.columns))
+        return pd.concat([df.reset_index(drop=True), pd.DataFrame(scores, columns=self.pca.names)], axis=1)
+
+    @property
+    def element_names(self) -> list[str]:
+        return self.inner.element_names
+
+    @property
+    def parts(self) -> list[str]:
+        return self.inner.parts
+
+    def element_info(self) -> pd.DataFrame:
+        return self.inner.element_info()
+
+    def to_dict(self) -> dict:
+        """The inner fusion's parameters (over plain + component names) and the projection."""
+        return {**self.inner.to_dict(), "projection": self.pca.to_dict()}
+
+
 FUSIONS = {
     "histogram": HistogramFusion,
     "mean": MeanFusion,
@@ -510,8 +636,20 @@ def fusion_from_dict(d: dict, feature_names: Sequence[str] | None = None, field:
     names = need_strs(need_key(d, "feature_names", field), f"{field}.feature_names", unique=True)
     if not names:
         fail(f"{field}.feature_names", "is empty")
-    if feature_names is not None and names != list(feature_names):
+    pca = None if d.get("projection") is None else DeepPCA.from_dict(d["projection"], f"{field}.projection")
+    if pca is not None:  # the inner fusion fuses the plain features and the components
+        plain = names[:len(names) - len(pca.names)]
+        if names[len(plain):] != pca.names:
+            fail(f"{field}.feature_names", "does not end with the projection's component names")
+        fused_from = plain + pca.columns
+    else:
+        fused_from = names
+    if feature_names is not None and fused_from != list(feature_names):
         fail(f"{field}.feature_names", "differs from the bundle's feature_names")
     f = FUSIONS[d["kind"]]._from_params(d, len(names), field)
     f.feature_names = names
-    return f
+    if pca is None:
+        return f
+    out = ProjectedFusion(f, len(pca.names))
+    out.feature_names, out.plain, out.pca = fused_from, plain, pca
+    return out

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from napari_lnm.config import TilingConfig
-from napari_lnm.engine import LocalPool, TileResults, analyse_tiles, shutdown_pool, tile_frame
+from napari_lnm.engine import LocalPool, TileResults, analyse_tiles, column_names, shutdown_pool, tile_frame
 from napari_lnm.errors import ModelError, UserError
+from napari_lnm.fusion import ProjectedFusion
 from napari_lnm.explain import global_importance, key_tiles, top_features, with_direction
 from napari_lnm.model import ClinicalWarning, ModelBundle, clinical_frame
 from napari_lnm.prediction import RESULT_VERSION, Prediction
@@ -122,6 +123,8 @@ def explain_scores(bundle: ModelBundle, table: pd.DataFrame, scores: Scores, top
                    n_key_tiles: int = 10) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(this slide's top-k features in words, numbered key tiles, the model's global top-k importance)."""
     importance = bundle.importance.copy()
+    if isinstance(bundle.fusion, ProjectedFusion):  # key tiles read each tile's deep component scores
+        table = bundle.fusion.with_components(table)
     top = top_features(scores.contributions, importance, top_k)
     n_bins = int(bundle.fusion.bins) if bundle.fusion.kind == "histogram" else None
     kt = key_tiles(table, with_direction(scores.contributions, importance), n=n_key_tiles, n_bins=n_bins)
@@ -163,12 +166,17 @@ def _bundle_info(bundle: ModelBundle, extra: dict) -> dict:
     return info
 
 
-def _check_schema(bundle: ModelBundle) -> None:
-    """ModelError when the bundle needs features this version does not compute."""
-    from napari_lnm.features import feature_names
+def _check_schema(bundle: ModelBundle, config: TilingConfig) -> None:
+    """ModelError when the bundle needs features this version (with ``config``'s deep features) does not compute."""
+    from napari_lnm.config import is_deep
 
-    names = set(feature_names())
+    names = set(column_names(config))
     missing = [f for f in bundle.feature_names if f not in names]
+    if missing and all(is_deep(f) for f in missing):
+        deep = recorded_tiling(bundle).deep if recorded_tiling(bundle) is not None else None
+        what = f"the {deep.arch} weights with sha256 {deep.sha256[:12]}" if deep is not None else "a CNN"
+        raise ModelError(f"the model needs {len(missing)} deep feature(s) made by {what}; predict with the "
+                         f"bundle's tiling (its deep features)")
     if missing:
         raise ModelError(f"the model needs {len(missing)} feature(s) this version does not compute "
                          f"(e.g. {missing[:3]}); retrain it with this version of napari-lnm")
@@ -209,7 +217,10 @@ def predict_slide(
     if not isinstance(bundle, ModelBundle):
         extra["path"] = str(bundle)
         bundle = ModelBundle.load(bundle)
-    _check_schema(bundle)
+    config = config if config is not None else prediction_tiling(bundle)
+    if config.deep is not None:  # the weights file is still there with the bundle's bytes, before any tile
+        config = config.replace(deep=config.deep.check())
+    _check_schema(bundle, config)
     stem = Path(str(getattr(slide_or_path, "path", slide_or_path))).stem
     clin = check_clinical(bundle, clinical, slide_id or stem, warn=False)
     timings: dict[str, float] = {}
@@ -220,7 +231,6 @@ def predict_slide(
         path = str(slide.path)
         sid = slide_id or Path(path).stem
         polys = load_rois(rois, path)
-        config = config if config is not None else prediction_tiling(bundle)
         report(progress, 0, 0, "finding tiles")
         tiles = find_tiles(slide, polys, config, should_stop)
         timings["tiling_s"] = time.perf_counter() - t0
@@ -234,12 +244,12 @@ def predict_slide(
             bundle, subtype_info = route(slide, bundle, tiles, config, polys, sm, progress, should_stop)
             extra["subtype_model_used"] = subtype_info["model_used"]
             timings["subtype_s"] = time.perf_counter() - t1
-            _check_schema(bundle)
+            _check_schema(bundle, config)
         t1 = time.perf_counter()
         res, used = analyse(slide, tiles, config, keep_images, workers, progress, should_stop)
         timings["features_s"] = time.perf_counter() - t1
         timings["workers"] = used
-        table = tile_frame(sid, tiles.reset_index(drop=True), res.features)
+        table = tile_frame(sid, tiles.reset_index(drop=True), res.features, config)
         check_stop(should_stop)
         n = len(tiles)
         report(progress, n, n, "predicting")

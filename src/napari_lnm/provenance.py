@@ -82,12 +82,14 @@ def _forced(mpp: Optional[float]) -> bool:
 def extraction_provenance(config: TilingConfig, mpp_override: Optional[float], rois: Rois,
                           slide_path: Optional[str | os.PathLike]) -> dict:
     """The :data:`VALIDITY_KEYS` record of one slide's extraction (without ``slide_file`` when no path is given)."""
+    from napari_lnm.engine import column_names
+
     record = {
         "package_version": __version__,
         "tiling": config.to_dict(),
         "mpp_override": None if mpp_override is None else float(mpp_override),
         "mpp_forced": _forced(mpp_override),
-        "feature_schema_hash": feature_schema_hash(),
+        "feature_schema_hash": feature_schema_hash(column_names(config)),
         "rois_hash": rois_hash(rois),
     }
     if slide_path is not None:

@@ -8,7 +8,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from napari_lnm.config import is_deep
 from napari_lnm.engine import tile_segments
+from napari_lnm.explain import group_deep
 from napari_lnm.model import ModelBundle
 from napari_lnm.prediction import Prediction
 
@@ -80,11 +82,11 @@ def top_features(pred: Prediction, bundle: Optional[ModelBundle] = None, k: int 
     importance table, else the slide's ``top_features`` ranked by |contribution|.
     """
     pairs = _pairs(pred.importance)
-    if not pairs and bundle is not None:
-        pairs = _pairs(bundle.importance)
+    if bundle is not None and (not pairs or any(is_deep(n) for n, _ in pairs)):
+        pairs = _pairs(bundle.importance)  # every deep element, so that their group's bar is their sum
     if not pairs:
         pairs = [(n, abs(v)) for n, v in _pairs(pred.top_features, values=("contribution",))]
-    pairs = [(n, float(v) if np.isfinite(v) else 0.0) for n, v in pairs]
+    pairs = group_deep([(n, float(v) if np.isfinite(v) else 0.0) for n, v in pairs])
     pairs.sort(key=lambda p: -p[1])
     return pairs[:k]
 

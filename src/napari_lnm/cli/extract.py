@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from napari_lnm.config import SEGMENTATIONS
+from napari_lnm.config import DEEP_ARCHITECTURES, SEGMENTATIONS
 from napari_lnm.errors import UserError
 
 
@@ -34,6 +34,10 @@ def add_parser(subparsers) -> None:
                         "more accurate, ~3x slower segmentation), 'cnn' (the shipped U-Net, needs PyTorch, ~7x "
                         "slower) or 'typed' (the typed colorectal network, needs PyTorch: its nucleus types feed "
                         "the cells.* features); a trained bundle remembers it and predict segments the same way")
+    p.add_argument("--deep-features", metavar="ARCH:WEIGHTS", default=None,
+                   help="also the deep.* features: the global-average-pooled embedding of each tile by the CNN "
+                        f"ARCH ({', '.join(DEEP_ARCHITECTURES)}) with the weights WEIGHTS (a PyTorch state_dict "
+                        ".pt/.pth with torchvision's parameter names, or .npz), e.g. resnet18:resnet18.pth")
     p.add_argument("--mpp", type=float, default=None, help="µm/px of the slide(s) when the metadata lacks it")
     p.add_argument("--force-mpp", action="store_true",
                    help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
@@ -52,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_lnm.extract import extract_cohort, extract_slide, is_done, read_cohort
     from napari_lnm.outdir import FEATURES, check_file_name, check_out_dir, mark_out_dir, unique_names
     from napari_lnm.progress import ProgressReporter
+    from napari_lnm.config import DeepFeatures
     from napari_lnm.tiling import TilingConfig
 
     from napari_lnm.io import mpp_option
@@ -59,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
     mpp = mpp_option(args.mpp, args.force_mpp)
     config = TilingConfig(magnification=args.magnification, tile_size=args.tile_size, overlap=args.overlap,
                           min_tissue=args.min_tissue, max_tiles=args.max_tiles, seed=args.seed,
-                          segmentation=args.segmentation)
+                          segmentation=args.segmentation,
+                          deep=DeepFeatures.parse(args.deep_features) if args.deep_features else None)
+    if config.deep is not None:
+        from napari_lnm.features.deep import network
+
+        network(config.deep)  # a wrong or unreadable weights file fails here, before any slide
     out = check_out_dir(args.out, FEATURES)
     if args.cohort:
         if args.roi or args.slide_id:

@@ -186,6 +186,10 @@ def run(args) -> int:
     out_root = check_out_dir(args.out, PREDICTION)
     bundle = ModelBundle.load(args.model)
     config = prediction_tiling(bundle, max_tiles=args.max_tiles, seed=args.seed, min_tissue=args.min_tissue)
+    if args.deep_weights:
+        if config.deep is None:
+            raise UserError(f"{args.model}: the model uses no deep features; --deep-weights does not apply")
+        config = config.replace(deep=config.deep.relocated(args.deep_weights))
     subtype_model = None
     if args.subtype_model:
         from napari_lnm.subtype import SubtypeModel
@@ -294,6 +298,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, default=None, help="µm per pixel, for slides without that metadata")
     p.add_argument("--force-mpp", action="store_true",
                    help="use --mpp even where the slide's metadata has a µm/px (default: the metadata wins)")
+    p.add_argument("--deep-weights", metavar="PATH", default=None,
+                   help="where the CNN weights of a model trained with deep features are now (their bytes must "
+                        "be those the training features were made with; default: the path recorded in the model)")
     p.add_argument("--max-tiles", type=int, default=None, metavar="N",
                    help="analyse N tiles drawn at random (default: every tile)")
     p.add_argument("--seed", type=int, default=0, help="seed for --max-tiles sampling (default 0)")
