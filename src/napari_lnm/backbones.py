@@ -19,15 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_lnm.config import DEEP_ARCHITECTURES
 from napari_lnm.errors import ModelError, UserError
 
 __all__ = ["ARCHITECTURES", "EMBEDDING_DIM", "MIN_INPUT", "HEAD_PREFIXES", "IMAGENET_MEAN", "IMAGENET_STD",
            "build_backbone", "load_backbone", "embed", "read_state_dict", "check_state",
            "BasicBlock", "Bottleneck", "ResNet", "DenseNet", "VGG", "Inception3"]
 
-ARCHITECTURES = ("resnet18", "resnet50", "densenet121", "inception_v3", "vgg16")
-#: channels of the pooled embedding per architecture
-EMBEDDING_DIM = {"resnet18": 512, "resnet50": 2048, "densenet121": 1024, "inception_v3": 2048, "vgg16": 512}
+ARCHITECTURES = tuple(DEEP_ARCHITECTURES)
+#: channels of the pooled embedding per architecture (the extraction config's table)
+EMBEDDING_DIM = dict(DEEP_ARCHITECTURES)
 #: smallest tile side (px) ``embed`` accepts; Inception-v3's unpadded stem needs 75 px
 MIN_INPUT = {"resnet18": 64, "resnet50": 64, "densenet121": 64, "inception_v3": 75, "vgg16": 64}
 #: state_dict prefixes of the classification heads: ignored by ``load_backbone`` (absent or any shape)
