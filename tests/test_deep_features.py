@@ -242,6 +242,15 @@ def test_extract_train_predict_with_deep_features(tmp_path, resnet18_file, capsy
     deep_rows = pred.key_tiles[pred.key_tiles["feature"].str.startswith("deep.")]
     assert all("deep feature, no direct meaning" in r for r in deep_rows["reason"])
     assert set(deep_rows["kind"]) <= {"other"}
+    # ABMIL on the embeddings: its tiles' shares of the log-odds are the key tiles
+    assert main(["train", str(tmp_path / "f"), "--cohort", str(tmp_path / "cohort.csv"), "--out",
+                 str(tmp_path / "mil"), "--cv", "2", "--classifier", "abmil", "--bootstrap", "20"]) == 0
+    assert ModelBundle.load(tmp_path / "mil").fusion.kind == "abmil"
+    assert main(["predict", str(tmp_path / "s1.tif"), "--model", str(tmp_path / "mil"), "--out",
+                 str(tmp_path / "pm"), "--workers", "1"]) == 0
+    kt = Prediction.load(tmp_path / "pm").key_tiles
+    assert len(kt) >= 1 and set(kt["feature"]) == {"deep.abmil"}
+    assert all("deep feature, no direct meaning" in r for r in kt["reason"])
     # the weights moved: predict says where they should be; given, their bytes are checked
     moved = tmp_path / "moved.pt"
     resnet18_file.rename(moved)
@@ -258,3 +267,34 @@ def test_extract_train_predict_with_deep_features(tmp_path, resnet18_file, capsy
         assert "not the ones the features were made with" in capsys.readouterr().err
     finally:
         moved.rename(resnet18_file)
+
+
+# ----------------------------------------------------------------------------- ABMIL as the bundle's fusion
+def test_abmil_bundle_round_trip_and_tile_values(tmp_path):
+    from napari_lnm.mil import MILFusion
+    from napari_lnm.model import ModelBundle, TrainConfig, cross_validate, train_model
+
+    tables, y = _deep_tables(n_slides=16, n_tiles=10, dim=8)
+    cfg = TrainConfig(fusion="abmil", test="none", classifier="logreg", cv=2, n_bootstrap=20)
+    b = train_model(tables, y, cfg)
+    assert isinstance(b.fusion, MILFusion) and b.fusion.model.columns == [f"deep.{j:03d}" for j in range(8)]
+    assert b.fusion.element_names == ["deep.abmil|logit"] and b.fusion.info["chosen"]
+    assert "inner-CV log-odds" in b.config["calibration_note"]
+    p = b.predict_proba(tables)
+    assert roc_auc(y, p) > 0.8
+    b.save(tmp_path / "m")
+    back = ModelBundle.load(tmp_path / "m")
+    np.testing.assert_array_equal(back.predict_proba(tables), p)
+    t = back.fusion.with_tile_values(tables[1])
+    assert np.isclose(t["deep.attention"].mean(), 1.0)
+    logit = back.fusion.transform([tables[1]])[0, 0]
+    bias = float(back.fusion.model.net["head_b"][0])
+    assert t["deep.abmil"].sum() + bias == pytest.approx(logit)
+    rep = cross_validate(tables, y, config=cfg)
+    assert len(rep.fold_aucs) == 2 and np.isfinite(rep.oof).all()
+
+
+def roc_auc(y, p):
+    from napari_lnm.model import roc_auc as auc
+
+    return auc(np.asarray(y), np.asarray(p))

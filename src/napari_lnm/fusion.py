@@ -156,6 +156,10 @@ class Fusion:
                                  bin_hi=hi, stat=p))
         return pd.DataFrame(rows, columns=["element", "feature", "bin", "bin_lo", "bin_hi", "stat"])
 
+    def with_tile_values(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` plus any per-tile values this fusion derives (key tiles read them); here ``df`` itself."""
+        return df
+
     def to_dict(self) -> dict:
         """JSON-able parameters (``fusion_from_dict`` restores them)."""
         d = {"kind": self.kind, "feature_names": list(self.feature_names)}
@@ -582,8 +586,8 @@ class ProjectedFusion(Fusion):
                                                       self.pca.project(tile_matrix(t, self.pca.columns))], axis=1),
                                       self.plain + self.pca.names) for t in tables]
 
-    def with_components(self, df: pd.DataFrame) -> pd.DataFrame:
-        """``df`` with its tiles' component scores added as ``deep.pc01``, ... columns (for key tiles)."""
+    def with_tile_values(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with its tiles' component scores added as ``deep.pc01``, ... columns."""
         scores = self.pca.project(tile_matrix(df, self.pca.columns))
         return pd.concat([df.reset_index(drop=True), pd.DataFrame(scores, columns=self.pca.names)], axis=1)
 
@@ -632,7 +636,7 @@ def fusion_from_dict(d: dict, feature_names: Sequence[str] | None = None, field:
     ``feature_names``, when given, are the model's: the fusion must fuse exactly those.
     """
     d = need_dict(d, field)
-    need_str(need_key(d, "kind", field), f"{field}.kind", tuple(FUSIONS))
+    need_str(need_key(d, "kind", field), f"{field}.kind", (*FUSIONS, "abmil"))
     names = need_strs(need_key(d, "feature_names", field), f"{field}.feature_names", unique=True)
     if not names:
         fail(f"{field}.feature_names", "is empty")
@@ -646,7 +650,13 @@ def fusion_from_dict(d: dict, feature_names: Sequence[str] | None = None, field:
         fused_from = names
     if feature_names is not None and fused_from != list(feature_names):
         fail(f"{field}.feature_names", "differs from the bundle's feature_names")
-    f = FUSIONS[d["kind"]]._from_params(d, len(names), field)
+    if d["kind"] == "abmil":  # a learned fusion (napari_lnm.mil imports this module)
+        from napari_lnm.mil import MILFusion
+
+        kind_cls = MILFusion
+    else:
+        kind_cls = FUSIONS[d["kind"]]
+    f = kind_cls._from_params(d, len(names), field)
     f.feature_names = names
     if pca is None:
         return f

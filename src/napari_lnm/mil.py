@@ -34,7 +34,8 @@ from napari_lnm._fields import FieldError, check_array, fail, inside, need_dict,
     need_str, need_strs
 from napari_lnm.classifiers import inner_folds
 from napari_lnm.errors import CohortError, ModelError, UserError
-from napari_lnm.fusion import tile_matrix
+from napari_lnm.config import is_deep
+from napari_lnm.fusion import Fusion, tile_matrix
 from napari_lnm.progress import check_stop, report
 
 KIND = "abmil"
@@ -207,6 +208,39 @@ class MILModel:
     def attention(self, bag: np.ndarray) -> np.ndarray:
         """(n_tiles,) attention weights (softmax, sum 1) of every tile of one bag: the key tiles weigh most."""
         return _forward(self.net, self._bags([bag], None)[0])[1]
+
+    def tile_logits(self, bag: np.ndarray) -> np.ndarray:
+        """(n_tiles,) each tile's share of the slide's log-odds, attention x (tile embedding . head); they sum to
+        the log-odds minus the head's bias."""
+        z = self._bags([bag], None)[0]
+        h = np.maximum(z @ self.net["embed_w"] + self.net["embed_b"], 0.0)
+        return self.attention(bag) * (h @ self.net["head_w"])
+
+    def to_dict(self) -> dict:
+        """JSON-able form with every array as nested lists (for a bundle.json field)."""
+        return {"kind": KIND, "params": self.params.to_dict(), "columns": list(self.columns),
+                "arrays": {k: np.asarray(v, np.float64).tolist() for k, v in self.arrays().items()}}
+
+    @classmethod
+    def from_dict(cls, d: Any, field: str) -> "MILModel":
+        """Inverse of :meth:`to_dict`; FieldError naming a bad field."""
+        d = need_dict(d, field)
+        need_str(need_key(d, "kind", field), f"{field}.kind", (KIND,))
+        params = MILParams.from_dict(need_key(d, "params", field), f"{field}.params")
+        columns = need_strs(need_key(d, "columns", field), f"{field}.columns", unique=True)
+        if not columns:
+            fail(f"{field}.columns", "is empty")
+        raw = need_dict(need_key(d, "arrays", field), f"{field}.arrays")
+        try:
+            arrays = {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
+        except (TypeError, ValueError):
+            fail(f"{field}.arrays", "holds something other than arrays of numbers")
+        try:
+            _check_arrays(arrays, _net_shapes(len(columns), params))
+        except FieldError as exc:
+            raise FieldError(f"{field}.arrays.{exc}") from None
+        return cls(columns=columns, params=params, mean=arrays["mean"], scale=arrays["scale"],
+                   net={k: arrays[k] for k in NET_ARRAYS})
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every saved array by name: the scaler's mean and scale, then the network."""
@@ -439,3 +473,94 @@ def train_mil(bags: Sequence[np.ndarray], y: Any, columns: Sequence[str], groups
     model = fit_mil(bags, y, columns, chosen, seed, should_stop)
     return model, {"chosen": chosen.name(), "params": chosen.to_dict(), "scores": scores, "oof": oof,
                    "grouped": grouped}
+
+
+# --------------------------------------------------------------------------- ABMIL as the fusion of a bundle
+class MILFusion(Fusion):
+    """ABMIL as a learned fusion: a slide's one element ``deep.abmil|logit`` is its ABMIL log-odds.
+
+    The bags are the ``deep.*`` columns when the tables have them, else every tile feature.
+    Unlike the other fusions it learns from labels (:meth:`fit_labelled`), so a bundle fits it
+    inside every CV fold on that fold's training slides; its settings come from :func:`train_mil`'s
+    inner CV. Per tile, :meth:`with_tile_values` adds ``deep.abmil`` (the tile's share of the
+    log-odds: the key tiles) and ``deep.attention`` (its attention weight x the number of tiles).
+    """
+
+    kind = KIND
+    FEATURE = "deep.abmil"
+
+    def __init__(self, grid: Sequence[MILParams] = DEFAULT_GRID, folds: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        self.grid, self.folds, self.seed = tuple(grid), int(folds), int(seed)
+        self.model: Optional[MILModel] = None
+        self.info: dict = {}
+        self._oof: Optional[np.ndarray] = None  # inner-CV out-of-fold probabilities of the training slides
+
+    def fit(self, tables, feature_names):  # noqa: D401 - see base
+        """Not available: the ABMIL network learns from the slides' labels (:meth:`fit_labelled`)."""
+        raise CohortError("the ABMIL fusion learns from labels; fit it with fit_labelled(tables, y, feature_names)")
+
+    def fit_labelled(self, tables, y, feature_names: Sequence[str], groups: Any = None) -> "MILFusion":
+        """Train the network (settings by inner CV) on the training slides' tiles and labels."""
+        self.feature_names = list(feature_names)
+        columns = [f for f in self.feature_names if is_deep(f)] or self.feature_names
+        self.model, info = train_mil(bags_from_tables(tables, columns), y, columns, groups, self.grid, self.folds,
+                                     self.seed)
+        self.info = {k: v for k, v in info.items() if k != "oof"}
+        self._oof = None if info.get("oof") is None else np.asarray(info["oof"], dtype=np.float64)
+        return self
+
+    def training_values(self, tables) -> np.ndarray:
+        """(n, 1) log-odds of the training slides for the head fitted on them: the inner-CV out-of-fold ones when
+        the settings were chosen by inner CV (so the head is a Platt calibration on honest predictions), else
+        the fitted network's own."""
+        if self._oof is None or len(self._oof) != len(tables) or not np.isfinite(self._oof).all():
+            return self.transform(tables)
+        p = np.clip(self._oof, 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))[:, None]
+
+    def transform(self, tables):  # noqa: D401 - see base
+        """(n_slides, 1) ABMIL log-odds."""
+        if isinstance(tables, pd.DataFrame):
+            tables = [tables]
+        self._check_fitted()
+        if not len(tables):
+            return np.empty((0, 1))
+        return self.model.predict_logit(bags_from_tables(tables, self.model.columns))[:, None]
+
+    @property
+    def parts(self) -> list[str]:
+        return ["logit"]
+
+    @property
+    def element_names(self) -> list[str]:
+        return [f"{self.FEATURE}|logit"]
+
+    def element_info(self) -> pd.DataFrame:
+        return pd.DataFrame([dict(element=self.element_names[0], feature=self.FEATURE, bin=0, bin_lo=np.nan,
+                                  bin_hi=np.nan, stat="logit")],
+                            columns=["element", "feature", "bin", "bin_lo", "bin_hi", "stat"])
+
+    def with_tile_values(self, df: pd.DataFrame) -> pd.DataFrame:
+        """``df`` with each tile's share of the log-odds (``deep.abmil``) and relative attention (``deep.attention``)."""
+        bag = bags_from_tables([df], self.model.columns)[0]
+        extra = pd.DataFrame({self.FEATURE: self.model.tile_logits(bag),
+                              "deep.attention": self.model.attention(bag) * len(bag)})
+        return pd.concat([df.reset_index(drop=True), extra], axis=1)
+
+    def _check_fitted(self) -> None:
+        if self.model is None:
+            raise RuntimeError("MILFusion is not fitted")
+
+    def to_dict(self) -> dict:
+        """JSON-able: the tile features, the chosen settings' inner-CV record and the fitted network."""
+        return {"kind": KIND, "feature_names": list(self.feature_names), "seed": self.seed, "folds": self.folds,
+                "info": self.info, "model": self.model.to_dict()}
+
+    @classmethod
+    def _from_params(cls, d: dict, n_features: int, field: str) -> "MILFusion":
+        f = cls(folds=need_int(d.get("folds", 3), f"{field}.folds", lo=2), seed=need_int(d.get("seed", 0),
+                                                                                         f"{field}.seed"))
+        f.model = MILModel.from_dict(need_key(d, "model", field), f"{field}.model")
+        f.info = need_dict(d.get("info") or {}, f"{field}.info")
+        return f

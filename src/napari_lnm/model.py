@@ -39,7 +39,9 @@ from napari_lnm.calibration import Calibrator, brier_score, expected_calibration
     save_reliability_png, side_of
 from napari_lnm.classifiers import Classifier, inner_folds, load_classifier, make_classifier
 from napari_lnm.errors import CohortError, ModelError, UserError
-from napari_lnm.fusion import Fusion, feature_columns, fusion_from_dict, make_fusion, ordinal, tile_tables
+from napari_lnm.config import is_deep
+from napari_lnm.fusion import Fusion, ProjectedFusion, feature_columns, fusion_from_dict, make_fusion, ordinal, \
+    tile_tables
 from napari_lnm.progress import check_stop, report
 from napari_lnm.provenance import read_provenance
 from napari_lnm.selection import Selection, select_elements
@@ -47,6 +49,9 @@ from napari_lnm.selection import Selection, select_elements
 SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
 POOLED = "pooled"
+PARTIAL = "partially pooled"  # the pooled model refitted with the subtype as an input
+SUBTYPE_INPUT = "subtype"  # the partially pooled model's clinical column that the routed subtype fills in
+PARTIAL_DIR = "partial"  # its folder inside a bundle
 
 
 # --------------------------------------------------------------------------- config
@@ -76,6 +81,7 @@ class TrainConfig:
     calibration: str = "none"  # "none", "auto" (Platt; isotonic from 300 slides), "platt", "isotonic"
     inner_cv: int = 3  # inner folds for the recipe choice and the calibration
     repeats: int = 1  # repeats of the outer CV (cross_validate)
+    deep_components: int = 8  # principal components the deep.* tile columns are reduced to before fusion
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -132,9 +138,10 @@ def clinical_frame(clinical, source: str = "clinical values") -> pd.DataFrame | 
 class ClinicalEncoder:
     """Clinical columns -> numbers: numeric standardised (training mean/sd, missing -> 0), categorical one-hot."""
 
-    columns: list[str]
+    columns: list[str]  # the columns the caller supplies
     numeric: dict = field(default_factory=dict)  # col -> [mean, sd]
     categories: dict = field(default_factory=dict)  # col -> [levels]
+    given: dict = field(default_factory=dict)  # col -> value the model supplies itself (encoded after ``columns``)
 
     @classmethod
     def fit(cls, df: pd.DataFrame, columns: Sequence[str]) -> "ClinicalEncoder":
@@ -157,7 +164,7 @@ class ClinicalEncoder:
     def names(self) -> list[str]:
         """Encoded column names: ``clinical.<col>`` or ``clinical.<col>=<level>``."""
         out = []
-        for c in self.columns:
+        for c in [*self.columns, *self.given]:
             if c in self.numeric:
                 out.append(f"clinical.{c}")
             else:
@@ -167,8 +174,10 @@ class ClinicalEncoder:
     def transform(self, df: pd.DataFrame | None, n: int) -> np.ndarray:
         """Encoded (n, C) array; a missing table, column or value counts as missing (0 / no level)."""
         cols = []
-        for c in self.columns:
+        for c in [*self.columns, *self.given]:
             s = df[c] if df is not None and c in df.columns else pd.Series([np.nan] * n)
+            if c in self.given:
+                s = pd.Series([self.given[c]] * n, dtype=object)
             if len(s) != n:
                 raise UserError(f"clinical table has {len(s)} rows for {n} slides")
             if c in self.numeric:
@@ -217,9 +226,18 @@ class ClinicalEncoder:
                                    f"{', '.join(self.categories[c])}); encoded as no level")
         return out
 
+    def with_given(self, values: dict) -> "ClinicalEncoder":
+        """This encoder with the trailing columns ``values`` names filled in by the model (same encoded inputs)."""
+        k = len(values)
+        if k == 0 or list(self.columns[len(self.columns) - k:]) != list(values):
+            raise ValueError(f"given columns {list(values)} must be the last of {self.columns}")
+        return ClinicalEncoder(columns=list(self.columns[:-k]), numeric=dict(self.numeric),
+                               categories=dict(self.categories), given={**self.given, **values})
+
     def to_dict(self) -> dict:
         """JSON-able form."""
-        return {"columns": self.columns, "numeric": self.numeric, "categories": self.categories}
+        d = {"columns": self.columns, "numeric": self.numeric, "categories": self.categories}
+        return {**d, "given": self.given} if self.given else d
 
     @classmethod
     def from_dict(cls, d: dict, field: str = "clinical") -> "ClinicalEncoder":
@@ -231,22 +249,28 @@ class ClinicalEncoder:
         columns = need_strs(need_key(d, "columns", field), f"{field}.columns")
         numeric = need_dict(need_key(d, "numeric", field), f"{field}.numeric")
         categories = need_dict(need_key(d, "categories", field), f"{field}.categories")
+        given = need_dict(d.get("given") or {}, f"{field}.given")
+        for c, v in given.items():
+            if c in columns:
+                fail(f"{field}.given.{c}", "names a column the caller supplies")
+            if v is not None and not isinstance(v, (str, int, float)):
+                fail(f"{field}.given.{c}", "must be a text, a number or null")
         for c, v in numeric.items():
-            if c not in columns:
+            if c not in columns and c not in given:
                 fail(f"{field}.numeric.{c}", "is not one of the clinical columns")
             mu, sd = need_list(v, f"{field}.numeric.{c}", length=2)
             need_number(mu, f"{field}.numeric.{c}[0]")
             need_number(sd, f"{field}.numeric.{c}[1]", positive=True)
         for c, v in categories.items():
-            if c not in columns:
+            if c not in columns and c not in given:
                 fail(f"{field}.categories.{c}", "is not one of the clinical columns")
             if c in numeric:
                 fail(f"{field}.categories.{c}", "names a column that is also numeric")
             need_strs(v, f"{field}.categories.{c}", unique=True)
-        for c in columns:
+        for c in [*columns, *given]:
             if c not in numeric and c not in categories:
                 fail(f"{field}.columns", f"lists {c!r}, which is neither in numeric nor in categories")
-        return cls(columns=list(columns), numeric=dict(numeric), categories=dict(categories))
+        return cls(columns=list(columns), numeric=dict(numeric), categories=dict(categories), given=dict(given))
 
 
 # --------------------------------------------------------------------------- AUC
@@ -341,7 +365,11 @@ class CVReport:
     ece_uncalibrated: float | None = None
     calibration: str | None = None  # calibration method of the fold models
     operating_points: dict | None = None  # calibration.operating_points of oof
-    subtype_aucs: dict | None = None  # per subtype: slides, AUC of the routed and of the pooled probabilities
+    subtype_aucs: dict | None = None  # per subtype: slides, AUC of the routed, pooled (and partial) probabilities
+    oof_partial: np.ndarray | None = None  # the partially pooled model (subtype as an input), when trained
+    auc_partial: float | None = None
+    ci_partial: tuple[float, float] | None = None
+    subtype_choices: dict | None = None  # per subtype: outer folds that routed it to own / pooled / partial
 
     def summary(self) -> str:
         """One line per AUC, e.g. 'CV ROC-AUC 0.812 (95% CI 0.70-0.91), 5 folds'."""
@@ -352,8 +380,11 @@ class CVReport:
             lines.append(f"  {self.repeats} repeats: mean ROC-AUC {np.nanmean(a):.3f} (SD {np.nanstd(a):.3f}, "
                          f"range {np.nanmin(a):.3f}-{np.nanmax(a):.3f}); probabilities averaged over repeats")
         for name, d in (self.subtype_aucs or {}).items():
+            part = f", partially pooled {d['partial']:.3f}" if d.get("partial") is not None else ""
+            picks = (self.subtype_choices or {}).get(name)
+            how = f" (routing in outer folds: {', '.join(f'{k} x{v}' for k, v in sorted(picks.items()))})" if picks else ""
             lines.append(f"  subtype {name} ({d['n']} slides): routed ROC-AUC {d['routed']:.3f}, pooled "
-                         f"{d['pooled']:.3f}")
+                         f"{d['pooled']:.3f}{part}{how}")
         if self.ece is not None:
             unc = f" (uncalibrated {self.ece_uncalibrated:.3f})" if self.ece_uncalibrated is not None else ""
             lines.append(f"  calibration{f' ({self.calibration})' if self.calibration else ''}: Brier "
@@ -364,6 +395,9 @@ class CVReport:
         if self.auc_pooled is not None:
             lines.append(f"  one pooled model (no subtype routing): ROC-AUC {self.auc_pooled:.3f} "
                          f"(95% CI {self.ci_pooled[0]:.3f}-{self.ci_pooled[1]:.3f})")
+        if self.auc_partial is not None:
+            lines.append(f"  partially pooled model (subtype as an input, every slide): ROC-AUC "
+                         f"{self.auc_partial:.3f} (95% CI {self.ci_partial[0]:.3f}-{self.ci_partial[1]:.3f})")
         return "\n".join(lines)
 
     def oof_frame(self) -> pd.DataFrame:
@@ -373,6 +407,8 @@ class CVReport:
             d["probability_image_only"] = self.oof_image_only
         if self.oof_pooled is not None:
             d["probability_pooled"] = self.oof_pooled
+        if self.oof_partial is not None:
+            d["probability_partial"] = self.oof_partial
         return pd.DataFrame(d)
 
     def to_dict(self) -> dict:
@@ -390,10 +426,10 @@ class CVReport:
     def from_dict(cls, d: dict) -> "CVReport":
         """Inverse of :meth:`to_dict`."""
         kw = dict(d)
-        for k in ("labels", "oof", "fold", "oof_image_only", "oof_pooled", "oof_uncalibrated"):
+        for k in ("labels", "oof", "fold", "oof_image_only", "oof_pooled", "oof_uncalibrated", "oof_partial"):
             if kw.get(k) is not None:
                 kw[k] = np.asarray(kw[k])
-        for k in ("ci", "ci_image_only", "ci_pooled"):
+        for k in ("ci", "ci_image_only", "ci_pooled", "ci_partial"):
             if kw.get(k) is not None:
                 kw[k] = tuple(kw[k])
         return cls(**{k: v for k, v in kw.items() if k in cls.__dataclass_fields__})
@@ -407,6 +443,8 @@ class CVReport:
             curves[f"image only (AUC {self.auc_image_only:.2f})"] = (self.labels, self.oof_image_only)
         if self.oof_pooled is not None:
             curves[f"pooled model (AUC {self.auc_pooled:.2f})"] = (self.labels, self.oof_pooled)
+        if self.oof_partial is not None:
+            curves[f"partially pooled (AUC {self.auc_partial:.2f})"] = (self.labels, self.oof_partial)
         save_roc_png(path, curves, title=f"{self.n_splits}-fold nested CV, {len(self.oof)} slides")
 
     def save_reliability(self, path: Path) -> None:
@@ -437,7 +475,8 @@ class ModelBundle:
                  cv_report: CVReport | None = None, subtype_models: dict | None = None,
                  subtype_routing: dict | None = None, package_version: str = __version__,
                  schema_version: int = SCHEMA_VERSION, calibrator: Calibrator | None = None,
-                 operating_points: dict | None = None):
+                 operating_points: dict | None = None, partial: "ModelBundle | None" = None,
+                 partial_subtypes: Sequence[str] = ()):
         self.feature_names = list(feature_names)
         self.fusion = fusion
         self.selection = selection
@@ -452,6 +491,9 @@ class ModelBundle:
         self.schema_version = schema_version
         self.calibrator = calibrator  # maps the classifier's probability to a calibrated one (None: as is)
         self._operating_points = operating_points  # as read from bundle.json; else from cv_report
+        self.partial = partial  # per-subtype training: the pooled model refitted with the subtype as an input
+        self.partial_subtypes: list[str] = [str(s) for s in partial_subtypes]  # subtypes routed to ``partial``
+        self._partial_views: dict[str, ModelBundle] = {}
 
     @property
     def operating_points(self) -> dict | None:
@@ -462,6 +504,8 @@ class ModelBundle:
 
     def __repr__(self) -> str:
         subs = f", subtypes={sorted(self.subtype_models)}" if self.subtype_models else ""
+        if self.partial is not None and self.partial_subtypes:
+            subs += f", partially pooled={sorted(self.partial_subtypes)}"
         return (f"ModelBundle({self.config.get('classifier')}, fusion={self.fusion.kind}, "
                 f"{len(self.feature_names)} tile features -> {len(self.input_names)} inputs{subs})")
 
@@ -499,7 +543,7 @@ class ModelBundle:
     def design_fused(self, F: np.ndarray, clinical: pd.DataFrame | dict | None = None) -> np.ndarray:
         """Classifier input from fused vectors ``F`` (n, P) of this bundle's fusion."""
         X = self.selection.apply(F)
-        if self.clinical is not None and self.clinical.columns:
+        if self.clinical is not None and (self.clinical.columns or self.clinical.given):
             if isinstance(clinical, dict):
                 clinical = pd.DataFrame([clinical])
             if clinical is not None:
@@ -549,10 +593,29 @@ class ModelBundle:
         return self.importance.drop(columns=["fscore", "gain"]).reset_index(drop=True)
 
     def for_subtype(self, name: str | None) -> tuple["ModelBundle", str]:
-        """(model for subtype ``name``, name of the model used: the subtype or 'pooled')."""
+        """(model for subtype ``name``, name of the model used: the subtype or 'pooled').
+
+        A subtype routed to the partially pooled model gets it with its subtype input set to ``name``.
+        """
         if name is not None and str(name) in self.subtype_models:
             return self.subtype_models[str(name)], str(name)
+        if name is not None and self.partial is not None and str(name) in self.partial_subtypes:
+            return self.partial_for(str(name)), str(name)
         return self, POOLED
+
+    def partial_for(self, name: str | None) -> "ModelBundle":
+        """The partially pooled model with its subtype input fixed to ``name`` (None: no level)."""
+        if self.partial is None:
+            raise ModelError("this model has no partially pooled model")
+        key = None if name is None else str(name)
+        if key not in self._partial_views:
+            p = self.partial
+            enc = p.clinical.with_given({SUBTYPE_INPUT: None if key is None else subtype_level(key)})
+            self._partial_views[key] = ModelBundle(
+                p.feature_names, p.fusion, p.selection, p.classifier, {**p.config, "subtype": key}, p.importance,
+                clinical=enc, package_version=p.package_version, schema_version=p.schema_version,
+                calibrator=p.calibrator)
+        return self._partial_views[key]
 
     # -- persistence -----------------------------------------------------
     def to_json(self) -> dict:
@@ -570,6 +633,8 @@ class ModelBundle:
             "importance": json.loads(self.importance.to_json(orient="records")),
             "subtype_models": {k: f"subtypes/{_safe_name(k)}" for k in self.subtype_models},
             "subtype_routing": self.subtype_routing,
+            **({"partial_model": {"path": PARTIAL_DIR, "column": SUBTYPE_INPUT, "subtypes": self.partial_subtypes}}
+               if self._saves_partial() else {}),
             "cv_summary": self.cv_report.summary() if self.cv_report else None,
             **({"calibration": self.calibrator.to_dict()} if self.calibrator is not None else {}),
             **({"operating_points": self.operating_points} if self.operating_points is not None else {}),
@@ -589,7 +654,14 @@ class ModelBundle:
             sd = d / "subtypes" / _safe_name(name)
             sd.mkdir(parents=True)
             sub._write(sd)
+        if self._saves_partial():
+            (d / PARTIAL_DIR).mkdir()
+            self.partial._write(d / PARTIAL_DIR)
         (d / BUNDLE_FILE).write_text(json.dumps(meta, indent=1, allow_nan=True), encoding="utf-8")
+
+    def _saves_partial(self) -> bool:
+        """Whether the bundle folder holds the partially pooled model (only when a subtype is routed to it)."""
+        return self.partial is not None and bool(self.partial_subtypes)
 
     def save(self, directory: str | Path) -> Path:
         """Write the bundle folder atomically (an existing one is replaced only once the new one is complete)."""
@@ -655,6 +727,7 @@ class ModelBundle:
             if sub.feature_names != names:
                 fail(f"subtype_models.{name}", "is a model of other tile features than the bundle's")
             subs[name] = sub
+        partial, partial_subtypes = _load_partial(d, meta, names)
         calibrator = None if meta.get("calibration") is None else Calibrator.from_dict(meta["calibration"])
         points = meta.get("operating_points")
         if points is not None:
@@ -666,7 +739,26 @@ class ModelBundle:
         return cls(names, fusion, selection, classifier, config, importance, clinical=clinical,
                    cv_report=_load_cv_report(d / "cv_report.json"), subtype_models=subs, subtype_routing=routing,
                    package_version=str(meta.get("package_version", "")), schema_version=meta.get("schema_version"),
-                   calibrator=calibrator, operating_points=points)
+                   calibrator=calibrator, operating_points=points, partial=partial, partial_subtypes=partial_subtypes)
+
+
+def _load_partial(d: Path, meta: dict, names: list[str]) -> tuple[ModelBundle | None, list[str]]:
+    """The partially pooled model of bundle.json's optional ``partial_model`` and the subtypes routed to it."""
+    pm = meta.get("partial_model")
+    if pm is None:
+        return None, []
+    need_dict(pm, "partial_model")
+    rel = need_str(need_key(pm, "path", "partial_model"), "partial_model.path")
+    if need_str(need_key(pm, "column", "partial_model"), "partial_model.column") != SUBTYPE_INPUT:
+        fail("partial_model.column", f"must be {SUBTYPE_INPUT!r}")
+    subtypes = need_strs(need_key(pm, "subtypes", "partial_model"), "partial_model.subtypes", unique=True)
+    partial = ModelBundle.load(inside(d, rel, "partial_model.path"))
+    if partial.feature_names != names:
+        fail("partial_model", "is a model of other tile features than the bundle's")
+    enc = partial.clinical
+    if enc is None or not enc.columns or enc.columns[-1] != SUBTYPE_INPUT or SUBTYPE_INPUT not in enc.categories:
+        fail("partial_model", f"has no categorical {SUBTYPE_INPUT!r} input as its last clinical column")
+    return partial, subtypes
 
 
 def _schema_hash(names: Sequence[str]) -> str:
@@ -776,16 +868,25 @@ def _clinical_info(enc: ClinicalEncoder) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["element", "feature", "bin", "bin_lo", "bin_hi", "stat"])
 
 
-def _fit_fusion(tables, config: TrainConfig, feature_names) -> tuple[Fusion, np.ndarray]:
-    """The config's fusion fitted on ``tables`` and their fused vectors (n, P)."""
+def _fit_fusion(tables, config: TrainConfig, feature_names, y: np.ndarray,
+                groups: np.ndarray | None = None) -> tuple[Fusion, np.ndarray]:
+    """The config's fusion fitted on ``tables`` and their fused vectors (n, P); ``deep.*`` columns are fused
+    through their principal components, fitted on these (training) tables only."""
+    if config.fusion == recipes.MIL_FUSION:  # a learned fusion: the ABMIL network, fitted on these slides' labels
+        from napari_lnm.mil import MILFusion
+
+        fusion = MILFusion(folds=config.inner_cv, seed=config.seed).fit_labelled(tables, y, feature_names, groups)
+        return fusion, fusion.training_values(tables)
     fusion = make_fusion(config.fusion, bins=config.bins, edges=config.edges, p=config.p)
+    if any(is_deep(f) for f in feature_names):
+        fusion = ProjectedFusion(fusion, config.deep_components)
     fusion.fit(tables, feature_names)
     return fusion, fusion.transform(tables)
 
 
 def _train_single(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
                   groups: np.ndarray | None = None) -> ModelBundle:
-    fusion, F = _fit_fusion(tables, config, feature_names)
+    fusion, F = _fit_fusion(tables, config, feature_names, y, groups)
     return _fit_head(fusion, F, y, config, feature_names, clinical, groups)
 
 
@@ -807,7 +908,7 @@ def _fit_head(fusion: Fusion, F: np.ndarray, y, config: TrainConfig, feature_nam
     names = list(sel.names) + (enc.names if enc else [])
     imp = _importance(clf, X, y, names, info)
     cfg = config.to_dict()
-    for k in ("recipe", "grid", "classifier_params", "calibration", "inner_cv", "repeats"):
+    for k in ("recipe", "grid", "classifier_params", "calibration", "inner_cv", "repeats", "deep_components"):
         if cfg[k] == TrainConfig.__dataclass_fields__[k].default:
             del cfg[k]  # fixed-recipe, uncalibrated bundles record the config as before
     if config.classifier == "xgboost":
@@ -839,7 +940,7 @@ def _inner_cv(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFr
         for name, cfg in cands:
             key = (cfg.fusion, cfg.bins, cfg.edges, cfg.p)
             if key not in fused:
-                fus, f_tr = _fit_fusion(ttr, cfg, feature_names)
+                fus, f_tr = _fit_fusion(ttr, cfg, feature_names, y[tr], None if groups is None else groups[tr])
                 fused[key] = (fus, f_tr, fus.transform(tte))
             fus, f_tr, f_te = fused[key]
             b = _fit_head(fus, f_tr, y[tr], cfg, feature_names, ctr, None if groups is None else groups[tr])
@@ -859,6 +960,11 @@ def _train_calibrated(tables, y, config: TrainConfig, feature_names, clinical: p
                       groups: np.ndarray | None) -> ModelBundle:
     """Choose the recipe by inner CV (when there is a choice), fit it on all slides, add the calibrator."""
     cands = config.candidates()
+    if config.fusion == recipes.MIL_FUSION and config.recipe == recipes.FIXED:
+        # the logistic head is fitted on the network's inner-CV log-odds: it is the (Platt) calibration
+        bundle = _train_single(tables, y, config, feature_names, clinical, groups)
+        bundle.config["calibration_note"] = "logistic head on the ABMIL network's inner-CV log-odds (Platt)"
+        return bundle
     if len(cands) == 1 and config.calibration == "none":
         return _train_single(tables, y, cands[0][1], feature_names, clinical, groups)
     if np.bincount(np.asarray(y, int), minlength=2).min() < MIN_PER_CLASS_FOR_INNER_CV:
@@ -894,10 +1000,13 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
     classifier's inner CV (XGBoost's number of trees, SVM's Platt scaling) then
     keeps each patient's slides on one side of every inner fold.
 
-    With ``config.per_subtype`` and ``subtypes`` (one value per slide), also one
-    bundle per subtype in ``bundle.subtype_models``; a subtype with fewer than
+    With ``config.per_subtype`` and ``subtypes`` (one value per slide), each subtype
+    is routed to its own model (``bundle.subtype_models``), the pooled model or the
+    partially pooled one (``bundle.partial``: the pooled model refitted with the
+    subtype as an input), whichever scores best by inner CV on its slides (a fixed,
+    uncalibrated recipe: always its own model); a subtype with fewer than
     ``config.min_subtype_slides`` slides or fewer than 2 slides of either class
-    uses the pooled model, recorded in ``bundle.subtype_routing``.
+    uses the pooled model. The choice is recorded in ``bundle.subtype_routing``.
     """
     config = config or TrainConfig()
     tables = list(tables)
@@ -917,44 +1026,7 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
     check_stop(should_stop)
     bundle = _train_calibrated(tables, y, config, feature_names, clinical, groups)
     if config.per_subtype:
-        if subtypes is None:
-            raise CohortError("--per-subtype needs a 'subtype' column in the cohort")
-        st = np.asarray([None if pd.isna(s) else str(s) for s in subtypes], dtype=object)
-        names = sorted({s for s in st if s is not None})
-        chosen = config.recipe != recipes.FIXED or config.calibration != "none"
-        own_cfg = _subtype_config(config, bundle)
-        inner = _routing_inner_cv(tables, y, st, own_cfg, feature_names, clinical, groups) if chosen else {}
-        for i, name in enumerate(names):
-            check_stop(should_stop)
-            report(progress, i, len(names), f"subtype {name}")
-            m = st == name
-            counts = np.bincount(y[m], minlength=2)
-            if m.sum() < config.min_subtype_slides:
-                bundle.subtype_routing[name] = (f"{POOLED} (only {int(m.sum())} slides, "
-                                                f"fewer than {config.min_subtype_slides})")
-            elif counts.min() < 2:
-                bundle.subtype_routing[name] = f"{POOLED} ({int(counts[0])} negative, {int(counts[1])} positive)"
-            else:
-                idx = np.flatnonzero(m)
-                sub_cfg = own_cfg if chosen else TrainConfig.from_dict({**config.to_dict(), "per_subtype": False})
-                if chosen:  # own model only where inner CV says it beats the pooled one on this subtype's slides
-                    a_own, a_pool = inner.get(name, (float("nan"), float("nan")))
-                    if not a_own > a_pool:
-                        bundle.subtype_routing[name] = (f"{POOLED} (inner-CV AUC on {int(m.sum())} slides: own "
-                                                        f"{a_own:.3f}, pooled {a_pool:.3f})")
-                        continue
-                sub = _train_calibrated([tables[j] for j in idx], y[idx], sub_cfg, feature_names,
-                                        None if clinical is None else clinical.iloc[idx].reset_index(drop=True),
-                                        None if groups is None else groups[idx])
-                sub.config["subtype"] = name
-                if not np.any(np.nan_to_num(sub.importance["gain"].to_numpy(dtype=np.float64)) > 0):
-                    # e.g. XGBoost with too few slides to make a single split: a constant 0.5, worse than pooled
-                    bundle.subtype_routing[name] = f"{POOLED} (own model on {int(m.sum())} slides learnt nothing)"
-                    continue
-                bundle.subtype_models[name] = sub
-                bundle.subtype_routing[name] = f"own model ({int(m.sum())} slides)" + (
-                    f" (inner-CV AUC own {inner[name][0]:.3f}, pooled {inner[name][1]:.3f})" if chosen else "")
-        bundle.config["subtype_routing"] = bundle.subtype_routing
+        _route_subtypes(bundle, tables, y, subtypes, config, feature_names, clinical, groups, progress, should_stop)
     return bundle
 
 
@@ -975,21 +1047,81 @@ def _subtype_config(config: TrainConfig, pooled: ModelBundle) -> TrainConfig:
     return TrainConfig.from_dict({**base, "recipe": recipes.FIXED})
 
 
-def _routing_inner_cv(tables, y, st: np.ndarray, config: TrainConfig, feature_names, clinical, groups) -> dict:
-    """Per subtype: (inner-CV AUC of its own model, of the pooled model) on its slides, one recipe (``config``).
+OWN = "own"  # routing choices as bundle.config["subtype_choice"] records them
+PARTIAL_KEY = "partial"
+ROUTING_ORDER = (POOLED, PARTIAL_KEY, OWN)  # simplest first: on equal gains the simpler model is kept
+#: a subtype leaves the pooled model only for one that raises the inner-CV AUC of all slides by more than this
+#: many bootstrap standard errors of the gain (the one-standard-error rule)
+ROUTING_MARGIN_SE = 1.0
+ROUTING_BOOTSTRAP = 200
 
-    Inner folds over all slides (patient-grouped); in each, one pooled model on the
-    training part and one own model per subtype with 2+ slides of each class there.
+
+@dataclass
+class RouteScores:
+    """One subtype's inner-CV evidence: AUC on its slides per model, and the gain in the AUC of all slides when it
+    alone leaves the pooled model for own / partial, with the gain's bootstrap standard error."""
+
+    within: dict[str, float]
+    gain: dict[str, float]
+    se: dict[str, float]
+
+    def to_dict(self) -> dict:
+        """JSON-able form (NaN -> None, 4 decimals)."""
+        r = lambda d: {k: (round(float(v), 4) if np.isfinite(v) else None) for k, v in d.items()}  # noqa: E731
+        return {"inner_cv_auc": r(self.within), "gain_all_slides": r(self.gain), "gain_se": r(self.se)}
+
+
+def subtype_level(name: str) -> str:
+    """The partially pooled model's value for subtype ``name`` (kept categorical: a number gets a 'subtype ' prefix)."""
+    try:
+        float(name)
+    except (TypeError, ValueError):
+        return str(name)
+    return f"subtype {name}"
+
+
+def _with_subtype(clinical: pd.DataFrame | None, st: Sequence) -> pd.DataFrame:
+    """The clinical table (or none) with the partially pooled model's subtype column appended."""
+    df = clinical.reset_index(drop=True).copy() if clinical is not None else pd.DataFrame(index=range(len(st)))
+    df[SUBTYPE_INPUT] = pd.Series([None if v is None else subtype_level(v) for v in st], dtype=object)
+    return df
+
+
+def _partial_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with the subtype as its last clinical column."""
+    return TrainConfig.from_dict({**config.to_dict(), "clinical": [*config.clinical, SUBTYPE_INPUT]})
+
+
+def _train_partial(tables, y, st: np.ndarray, config: TrainConfig, feature_names, clinical,
+                   groups) -> ModelBundle:
+    """The partially pooled model: ``config`` (the pooled model's recipe) with the subtype as a clinical input."""
+    b = _train_calibrated(tables, y, _partial_config(config), feature_names, _with_subtype(clinical, st), groups)
+    b.config["model"] = PARTIAL
+    return b
+
+
+def _routing_inner_cv(tables, y, st: np.ndarray, config: TrainConfig, feature_names, clinical, groups,
+                      partial: bool = False) -> dict[str, RouteScores]:
+    """Per subtype: inner-CV AUCs of its own model, the pooled one (and the partially pooled one), see RouteScores.
+
+    Inner folds over all slides (patient-grouped); in each, one pooled (and one
+    partially pooled) model on the training part and one own model per subtype
+    with 2+ slides of each class there. One recipe (``config``), uncalibrated.
     """
     cfg = TrainConfig.from_dict({**config.to_dict(), "calibration": "none"})
     folds, _ = inner_folds(y, groups, wanted=config.inner_cv, seed=config.seed)
-    own, pool = np.full(len(y), np.nan), np.full(len(y), np.nan)
+    own, pool, part = (np.full(len(y), np.nan) for _ in range(3))
     fast = tile_tables(tables, feature_names)
+    with_st = _with_subtype(clinical, st) if partial else None
     for tr, te in folds:
         sub = lambda idx: (None if clinical is None else clinical.iloc[idx].reset_index(drop=True))  # noqa: E731
         g = None if groups is None else groups[tr]
         b = _train_single([fast[i] for i in tr], y[tr], cfg, feature_names, sub(tr), g)
         pool[te] = _raw_proba(b, [fast[i] for i in te], sub(te))
+        if partial:
+            b = _train_single([fast[i] for i in tr], y[tr], _partial_config(cfg), feature_names,
+                              with_st.iloc[tr].reset_index(drop=True), g)
+            part[te] = _raw_proba(b, [fast[i] for i in te], with_st.iloc[te].reset_index(drop=True))
         for name in {s for s in st[te] if s is not None}:
             itr, ite = tr[st[tr] == name], te[st[te] == name]
             if np.bincount(y[itr], minlength=2).min() < 2:
@@ -997,12 +1129,124 @@ def _routing_inner_cv(tables, y, st: np.ndarray, config: TrainConfig, feature_na
             m = _train_single([fast[i] for i in itr], y[itr], cfg, feature_names, sub(itr),
                               None if groups is None else groups[itr])
             own[ite] = _raw_proba(m, [fast[i] for i in ite], sub(ite))
-    out = {}
-    for name in {s for s in st if s is not None}:
-        m = (st == name) & np.isfinite(own)
-        out[name] = (roc_auc(y[m], own[m]) if m.any() else float("nan"),
-                     roc_auc(y[m], pool[m]) if m.any() else float("nan"))
-    return out
+    cands = {OWN: own, **({PARTIAL_KEY: part} if partial else {})}
+    return {name: _route_scores(y, st == name, pool, cands, config.seed) for name in {s for s in st if s is not None}}
+
+
+def _route_scores(y: np.ndarray, m: np.ndarray, pool: np.ndarray, cands: dict[str, np.ndarray],
+                  seed: int) -> RouteScores:
+    """RouteScores of the subtype with slides ``m`` from inner out-of-fold probabilities (NaN: no model there)."""
+    ok = m & np.isfinite(cands[OWN])
+    ok = ok if ok.any() else m  # no own model scored: pooled vs partially pooled on all its slides
+    within = {k: _finite_auc(y[ok], p[ok]) for k, p in {OWN: cands[OWN], POOLED: pool, **cands}.items()}
+    rng = np.random.default_rng(seed)
+    boot = rng.integers(0, len(y), size=(ROUTING_BOOTSTRAP, len(y)))
+    base = _auc_rows(y[boot], pool[boot])
+    gain, se = {}, {}
+    for k, p in cands.items():
+        switched = np.where(m & np.isfinite(p), p, pool)  # this subtype alone routed to k (pooled where k is absent)
+        gain[k] = roc_auc(y, switched) - roc_auc(y, pool)
+        d = _auc_rows(y[boot], switched[boot]) - base
+        se[k] = float(np.nanstd(d)) if np.isfinite(d).sum() > 1 else float("nan")
+    return RouteScores(within, gain, se)
+
+
+def _finite_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC-AUC, NaN unless every probability is finite."""
+    return roc_auc(y, p) if len(p) and np.isfinite(p).all() else float("nan")
+
+
+def _pick_route(scores: RouteScores, exclude: tuple[str, ...] = ()) -> str:
+    """The model whose gain over pooled is largest and above ROUTING_MARGIN_SE standard errors; else pooled."""
+    best, best_gain = POOLED, 0.0
+    for k in ROUTING_ORDER[1:]:
+        g, se = scores.gain.get(k, np.nan), scores.se.get(k, np.nan)
+        if k not in exclude and np.isfinite(g) and np.isfinite(se) and g > ROUTING_MARGIN_SE * se and g > best_gain:
+            best, best_gain = k, g
+    return best
+
+
+_ROUTE_LABELS = {OWN: "own", POOLED: POOLED, PARTIAL_KEY: PARTIAL}
+
+
+def _scores_text(scores: RouteScores, n: int) -> str:
+    """'inner-CV AUC on 40 slides: own 0.712, pooled 0.689, partially pooled 0.701; on all slides: own +0.012
+    (SE 0.010), partially pooled -0.003 (SE 0.004)'."""
+    w = ", ".join(f"{_ROUTE_LABELS[k]} {v:.3f}" for k, v in scores.within.items())
+    g = ", ".join(f"{_ROUTE_LABELS[k]} {v:+.3f} (SE {scores.se[k]:.3f})" for k, v in scores.gain.items())
+    return f"inner-CV AUC on {n} slides: {w}; on all slides: {g}"
+
+
+def _too_small(y_sub: np.ndarray, min_slides: int) -> str | None:
+    """Why a subtype with labels ``y_sub`` keeps the pooled model without a choice (None: it has enough slides)."""
+    counts = np.bincount(y_sub, minlength=2)
+    if len(y_sub) < min_slides:
+        return f"{POOLED} (only {len(y_sub)} slides, fewer than {min_slides})"
+    if counts.min() < 2:
+        return f"{POOLED} ({int(counts[0])} negative, {int(counts[1])} positive)"
+    return None
+
+
+def _learnt_nothing(b: ModelBundle) -> bool:
+    """No input has any gain (e.g. XGBoost with too few slides to split): a constant 0.5, worse than pooled."""
+    return not np.any(np.nan_to_num(b.importance["gain"].to_numpy(dtype=np.float64)) > 0)
+
+
+def _route_subtypes(bundle: ModelBundle, tables, y, subtypes, config: TrainConfig, feature_names, clinical,
+                    groups, progress=None, should_stop=None) -> None:
+    """Route every subtype of ``subtypes`` to its own, the pooled or the partially pooled model (in ``bundle``)."""
+    if subtypes is None:
+        raise CohortError("--per-subtype needs a 'subtype' column in the cohort")
+    st = np.asarray([None if pd.isna(s) else str(s) for s in subtypes], dtype=object)
+    names = sorted({s for s in st if s is not None})
+    chosen = config.recipe != recipes.FIXED or config.calibration != "none"
+    own_cfg = _subtype_config(config, bundle)
+    small = {name: _too_small(y[st == name], config.min_subtype_slides) for name in names}
+    # the subtype as an input (only when the pooled model does not have it already)
+    partial = chosen and SUBTYPE_INPUT not in config.clinical and any(v is None for v in small.values())
+    inner = _routing_inner_cv(tables, y, st, own_cfg, feature_names, clinical, groups, partial) if chosen else {}
+    if partial:
+        bundle.partial = _train_partial(tables, y, st, own_cfg, feature_names, clinical, groups)
+    choices = {}
+    for i, name in enumerate(names):
+        check_stop(should_stop)
+        report(progress, i, len(names), f"subtype {name}")
+        idx = np.flatnonzero(st == name)
+        if small[name] is not None:
+            bundle.subtype_routing[name] = small[name]
+            continue
+        scores = inner.get(name)
+        pick = _pick_route(scores) if chosen else OWN
+        if pick == OWN:
+            sub_cfg = own_cfg if chosen else TrainConfig.from_dict({**config.to_dict(), "per_subtype": False})
+            sub = _train_calibrated([tables[j] for j in idx], y[idx], sub_cfg, feature_names,
+                                    None if clinical is None else clinical.iloc[idx].reset_index(drop=True),
+                                    None if groups is None else groups[idx])
+            sub.config["subtype"] = name
+            if _learnt_nothing(sub):
+                if not chosen:
+                    bundle.subtype_routing[name] = f"{POOLED} (own model on {len(idx)} slides learnt nothing)"
+                    continue
+                pick = _pick_route(scores, exclude=(OWN,))
+            else:
+                bundle.subtype_models[name] = sub
+        if chosen:
+            choices[name] = {"model": pick, **scores.to_dict()}
+        bundle.subtype_routing[name] = _routing_note(pick, len(idx), scores if chosen else None)
+        if pick == PARTIAL_KEY:
+            bundle.partial_subtypes.append(name)
+    bundle.config["subtype_routing"] = bundle.subtype_routing
+    if choices:
+        bundle.config["subtype_choice"] = choices
+
+
+def _routing_note(pick: str, n: int, scores: RouteScores | None) -> str:
+    """bundle.subtype_routing's text for a subtype of ``n`` slides routed to ``pick``."""
+    if scores is None:
+        return f"own model ({n} slides)"
+    if pick == OWN:
+        return f"own model ({n} slides) ({_scores_text(scores, n)})"
+    return f"{_ROUTE_LABELS[pick]} ({_scores_text(scores, n)})"
 
 
 def _check_groups(groups, n: int) -> np.ndarray | None:
@@ -1092,7 +1336,8 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
     g = _check_groups(groups, len(y))
     routed = config.per_subtype and subtypes is not None
     st = None if subtypes is None else [None if pd.isna(s) else str(s) for s in subtypes]
-    runs = {k: np.full((repeats, len(y)), np.nan) for k in ("oof", "img", "pool", "raw")}
+    runs = {k: np.full((repeats, len(y)), np.nan) for k in ("oof", "img", "pool", "raw", "part")}
+    picks: dict[str, dict[str, int]] = {}  # per subtype: how many outer folds routed it to each model
     fold_aucs, n_sel, msgs, chosen, methods, first_fold, grouped = [], [], [], [], set(), None, False
     total = repeats * config.cv
     # tile matrices read once for every fold (a fixed, uncalibrated recipe trains from the tables as before)
@@ -1118,6 +1363,9 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
                 for j, i in enumerate(te):
                     m, _ = b.for_subtype(st[i])
                     runs["oof"][r, i] = m.predict_proba([tables[i]], None if cte is None else cte.iloc[[j]])[0]
+                if b.partial is not None:  # the partially pooled model on every test slide, whatever the routing
+                    runs["part"][r, te] = b.partial.predict_proba(tte, _with_subtype(cte, [st[i] for i in te]))
+                _count_picks(picks, b)
             else:
                 runs["oof"][r, te] = b.predict_proba(tte, cte)
                 runs["raw"][r, te] = b.predict_proba(tte, cte, calibrated=False)
@@ -1148,6 +1396,8 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
         rep.subtype_aucs = {name: {"n": int((sts == name).sum()), "routed": roc_auc(y[sts == name], oof[sts == name]),
                                    "pooled": roc_auc(y[sts == name], rep.oof_pooled[sts == name])}
                             for name in sorted({s for s in st if s is not None})}
+        _report_partial(rep, runs["part"], runs["pool"], sts, config)
+        rep.subtype_choices = picks or None
     rep.brier, rep.ece = brier_score(y, oof), expected_calibration_error(y, oof)
     rep.operating_points = operating_points(y, oof)
     if methods:
@@ -1156,6 +1406,27 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
             rep.oof_uncalibrated = runs["raw"].mean(axis=0)
             rep.ece_uncalibrated = expected_calibration_error(y, rep.oof_uncalibrated)
     return rep
+
+
+def _count_picks(picks: dict[str, dict[str, int]], b: ModelBundle) -> None:
+    """Add fold bundle ``b``'s routing choice per subtype (own / pooled / partial) to ``picks``."""
+    for name, d in (b.config.get("subtype_choice") or {}).items():
+        picks.setdefault(name, {})
+        picks[name][d["model"]] = picks[name].get(d["model"], 0) + 1
+
+
+def _report_partial(rep: CVReport, part: np.ndarray, pool: np.ndarray, sts: np.ndarray, config: TrainConfig) -> None:
+    """The partially pooled model's out-of-fold AUC, overall and per subtype, in ``rep`` (when any fold had one).
+
+    A fold that trained none (no subtype with enough slides) counts its pooled probabilities.
+    """
+    if not np.isfinite(part).any():
+        return
+    p = np.where(np.isfinite(part), part, pool).mean(axis=0)
+    a, lo, hi = bootstrap_auc_ci(rep.labels, p, config.n_bootstrap, config.seed)
+    rep.oof_partial, rep.auc_partial, rep.ci_partial = p, a, (lo, hi)
+    for name, d in rep.subtype_aucs.items():
+        d["partial"] = roc_auc(rep.labels[sts == name], p[sts == name])
 
 
 # --------------------------------------------------------------------------- evidence
@@ -1322,6 +1593,10 @@ def load_feature_tables(cohort: pd.DataFrame, features_dir: str | Path) -> tuple
                     tiling["working_mpp"] = prov["working_mpp"]
             elif key != ref[1]:
                 what = "tiling" if key[0] != ref[1][0] else "feature schema"
+                deep = [(prov["tiling"].get("deep") or {}).get("sha256"), (tiling.get("deep") or {}).get("sha256")]
+                if deep[0] != deep[1]:  # the embeddings of two networks (or none) cannot be fused together
+                    what = "deep-feature network (" + " vs ".join(
+                        "none" if d is None else f"weights sha256 {d[:12]}" for d in deep) + ")"
                 raise CohortError(f"slide {sid}: features file {p} was extracted with another {what} than slide "
                                   f"{ref[0]}; re-extract the cohort with one configuration")
         df = t.to_pandas()

@@ -21,7 +21,6 @@ import pandas as pd
 from napari_lnm.config import TilingConfig
 from napari_lnm.engine import LocalPool, TileResults, analyse_tiles, column_names, shutdown_pool, tile_frame
 from napari_lnm.errors import ModelError, UserError
-from napari_lnm.fusion import ProjectedFusion
 from napari_lnm.explain import global_importance, key_tiles, top_features, with_direction
 from napari_lnm.model import ClinicalWarning, ModelBundle, clinical_frame
 from napari_lnm.prediction import RESULT_VERSION, Prediction
@@ -123,8 +122,7 @@ def explain_scores(bundle: ModelBundle, table: pd.DataFrame, scores: Scores, top
                    n_key_tiles: int = 10) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(this slide's top-k features in words, numbered key tiles, the model's global top-k importance)."""
     importance = bundle.importance.copy()
-    if isinstance(bundle.fusion, ProjectedFusion):  # key tiles read each tile's deep component scores
-        table = bundle.fusion.with_components(table)
+    table = bundle.fusion.with_tile_values(table)  # e.g. each tile's deep component scores, for key tiles
     top = top_features(scores.contributions, importance, top_k)
     n_bins = int(bundle.fusion.bins) if bundle.fusion.kind == "histogram" else None
     kt = key_tiles(table, with_direction(scores.contributions, importance), n=n_key_tiles, n_bins=n_bins)

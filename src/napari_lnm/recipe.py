@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 AUTO = "auto"  # choose among GRID by inner CV
 FIXED = "fixed"  # use the TrainConfig's own fusion / selection / classifier fields
+MIL_FUSION = "abmil"  # fusion of the attention-MIL slide model (``napari_lnm.mil.MILFusion``), a fixed recipe
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 
 from napari_lnm.calibration import ISOTONIC_MIN_SLIDES
 from napari_lnm.errors import UserError
-from napari_lnm.recipe import AUTO, FIXED, NAMES
+from napari_lnm.recipe import AUTO, FIXED, MIL_FUSION, NAMES
 
 
 def add_parser(subparsers) -> None:
@@ -39,8 +39,10 @@ def add_parser(subparsers) -> None:
                    help="selection test of a fixed recipe (default ks)")
     p.add_argument("--alpha", type=float, default=None, help="keep elements with p < alpha (default 0.05)")
     p.add_argument("--top-q", type=int, default=None, help="keep the Q elements with the smallest p instead")
-    p.add_argument("--classifier", default=None, choices=["xgboost", "logreg", "svm", "mlp"],
-                   help="classifier of a fixed recipe (default xgboost)")
+    p.add_argument("--classifier", default=None, choices=["xgboost", "logreg", "svm", "mlp", MIL_FUSION],
+                   help="classifier of a fixed recipe (default xgboost); 'abmil': attention-based multiple-instance "
+                        "learning on the per-tile embeddings (the deep.* columns, else every tile feature), its "
+                        "settings chosen by inner CV, a logistic head on its slide log-odds, attention = key tiles")
     p.add_argument("--calibration", default="auto", choices=["auto", "platt", "isotonic", "none"],
                    help="calibrate probabilities on inner-CV predictions (auto: Platt, isotonic from "
                         f"{ISOTONIC_MIN_SLIDES} slides; default auto)")
@@ -67,6 +69,11 @@ RECIPE_FLAGS = {"fusion": "histogram", "bins": 5, "edges": "quantile", "p": 3.0,
 
 def resolve_recipe(args: argparse.Namespace) -> str:
     """The recipe to train ('auto' unless a fixed-recipe flag is given); fills the flags' defaults into ``args``."""
+    if args.classifier == MIL_FUSION:  # ABMIL replaces fusion, selection and classifier
+        if args.recipe not in (None, FIXED):
+            raise UserError(f"--classifier {MIL_FUSION} is a fixed recipe; it cannot be combined with --recipe "
+                            f"{args.recipe}")
+        args.fusion, args.select, args.classifier = MIL_FUSION, "none", "logreg"
     given = [k for k in RECIPE_FLAGS if getattr(args, k) is not None]
     for k, v in RECIPE_FLAGS.items():
         if getattr(args, k) is None:
@@ -95,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top-q must be at least 1, got {args.top_q}")
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be at least 1, got {args.bootstrap}")
-    make_fusion(args.fusion, bins=args.bins, edges=args.edges, p=args.p)  # bad --bins / --p: fail before the work
+    if args.fusion != MIL_FUSION:
+        make_fusion(args.fusion, bins=args.bins, edges=args.edges, p=args.p)  # bad --bins / --p: fail before the work
     cohort = read_cohort_csv(args.cohort)
     if "label" not in cohort.columns:
         raise CohortError(f"{args.cohort}: cohort has no 'label' column")
