@@ -1,9 +1,9 @@
-"""CNN architectures for the subtype tile classifier (plain PyTorch; torchvision optional).
+"""CNN architectures for the subtype tile classifier (plain PyTorch; no torchvision needed).
 
 ``small``: a ~100k-parameter network that trains usefully on a CPU (input 128 px).
 ``resnet18`` / ``resnet50``: ``napari_lnm.backbones.ResNet`` (plain torch, torchvision's parameter
 names), so ImageNet or pathology ``state_dict`` files made for torchvision load directly.
-``inception_v3``: needs torchvision (imported lazily).
+``inception_v3``: ``napari_lnm.backbones.Inception3`` (plain torch, torchvision's parameter names).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from napari_lnm.backbones import BasicBlock, Bottleneck, ResNet, read_state_dict
+from napari_lnm.backbones import BasicBlock, Bottleneck, Inception3, ResNet, read_state_dict
 from napari_lnm.errors import ModelError
 
 __all__ = ["ARCHITECTURES", "DEFAULT_INPUT", "SmallCNN", "ResNet", "WeightsReport", "build_network", "load_weights",
@@ -48,22 +48,11 @@ class SmallCNN(nn.Module):
         return self.fc(self.dropout(x))
 
 
-def _inception_v3(n_classes: int) -> nn.Module:
-    try:
-        from torchvision.models import inception_v3  # type: ignore[import-not-found]
-    except Exception as exc:  # ImportError or a torchvision built against another torch
-        raise ModelError(
-            f"architecture 'inception_v3' needs torchvision, which cannot be imported here ({exc}); "
-            "use --arch resnet18, resnet50 or small"
-        ) from None
-    return inception_v3(weights=None, aux_logits=False, init_weights=True, num_classes=n_classes)
-
-
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "small": lambda n: SmallCNN(n),
     "resnet18": lambda n: ResNet(BasicBlock, (2, 2, 2, 2), n),
     "resnet50": lambda n: ResNet(Bottleneck, (3, 4, 6, 3), n),
-    "inception_v3": _inception_v3,
+    "inception_v3": lambda n: Inception3(n, aux_logits=False),
 }
 
 
