@@ -239,6 +239,7 @@ def test_extract_train_predict_with_deep_features(tmp_path, resnet18_file, capsy
                  str(tmp_path / "p"), "--workers", "1"]) == 0
     pred = Prediction.load(tmp_path / "p")
     assert 0 <= pred.probability <= 1 and len(pred.key_tiles) >= 1
+    assert {"deep.pc01", "deep.pc02"} <= set(pred.tiles.columns)  # the components the model fused, per tile
     deep_rows = pred.key_tiles[pred.key_tiles["feature"].str.startswith("deep.")]
     assert all("deep feature, no direct meaning" in r for r in deep_rows["reason"])
     assert set(deep_rows["kind"]) <= {"other"}
@@ -248,7 +249,9 @@ def test_extract_train_predict_with_deep_features(tmp_path, resnet18_file, capsy
     assert ModelBundle.load(tmp_path / "mil").fusion.kind == "abmil"
     assert main(["predict", str(tmp_path / "s1.tif"), "--model", str(tmp_path / "mil"), "--out",
                  str(tmp_path / "pm"), "--workers", "1"]) == 0
-    kt = Prediction.load(tmp_path / "pm").key_tiles
+    pm = Prediction.load(tmp_path / "pm")
+    assert pm.tiles["deep.attention"].mean() == pytest.approx(1.0)
+    kt = pm.key_tiles
     assert len(kt) >= 1 and set(kt["feature"]) == {"deep.abmil"}
     assert all("deep feature, no direct meaning" in r for r in kt["reason"])
     # the weights moved: predict says where they should be; given, their bytes are checked

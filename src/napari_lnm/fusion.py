@@ -589,7 +589,8 @@ class ProjectedFusion(Fusion):
     def with_tile_values(self, df: pd.DataFrame) -> pd.DataFrame:
         """``df`` with its tiles' component scores added as ``deep.pc01``, ... columns."""
         scores = self.pca.project(tile_matrix(df, self.pca.columns))
-        return pd.concat([df.reset_index(drop=True), pd.DataFrame(scores, columns=self.pca.names)], axis=1)
+        df = df.drop(columns=self.pca.names, errors="ignore").reset_index(drop=True)  # idempotent
+        return pd.concat([df, pd.DataFrame(scores, columns=self.pca.names)], axis=1)
 
     @property
     def element_names(self) -> list[str]:

@@ -546,7 +546,8 @@ class MILFusion(Fusion):
         bag = bags_from_tables([df], self.model.columns)[0]
         extra = pd.DataFrame({self.FEATURE: self.model.tile_logits(bag),
                               "deep.attention": self.model.attention(bag) * len(bag)})
-        return pd.concat([df.reset_index(drop=True), extra], axis=1)
+        df = df.drop(columns=list(extra.columns), errors="ignore").reset_index(drop=True)  # idempotent
+        return pd.concat([df, extra], axis=1)
 
     def _check_fitted(self) -> None:
         if self.model is None:

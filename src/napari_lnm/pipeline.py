@@ -247,7 +247,8 @@ def predict_slide(
         res, used = analyse(slide, tiles, config, keep_images, workers, progress, should_stop)
         timings["features_s"] = time.perf_counter() - t1
         timings["workers"] = used
-        table = tile_frame(sid, tiles.reset_index(drop=True), res.features, config)
+        # plus the per-tile values the model derives (deep components, ABMIL shares) for key tiles and display
+        table = bundle.fusion.with_tile_values(tile_frame(sid, tiles.reset_index(drop=True), res.features, config))
         check_stop(should_stop)
         n = len(tiles)
         report(progress, n, n, "predicting")

@@ -9,7 +9,7 @@ import pandas as pd
 from qtpy.QtWidgets import QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget
 
 from napari_lnm.explain import bin_range_text
-from napari_lnm.fusion import HistogramFusion
+from napari_lnm.fusion import HistogramFusion, ProjectedFusion
 from napari_lnm.model import ModelBundle
 from napari_lnm.prediction import Prediction
 
@@ -40,7 +40,8 @@ def _dir_text(d) -> str:
 def feature_table(bundle: ModelBundle, pred: Prediction, tile_index: int, k: int = 10) -> pd.DataFrame:
     """For the model's top features: the tile's value, its histogram bin (1..B), the bin edges and direction."""
     tiles = pred.tiles
-    fusion = bundle.fusion
+    # deep features: the histogram bins are those of the principal components the inner fusion fuses
+    fusion = bundle.fusion.inner if isinstance(bundle.fusion, ProjectedFusion) else bundle.fusion
     fnames = list(fusion.feature_names)
     edges_all = fusion.edges_ if isinstance(fusion, HistogramFusion) else None
     dirs = _directions(bundle)
