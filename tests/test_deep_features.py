@@ -301,3 +301,15 @@ def roc_auc(y, p):
     from napari_lnm.model import roc_auc as auc
 
     return auc(np.asarray(y), np.asarray(p))
+
+
+def test_evaluate_refuses_features_of_other_weights():
+    from napari_lnm.cli.evaluate import tiling_mismatch
+
+    base = {"magnification": 20.0, "tile_size": 512}
+    a = {**base, "deep": {"arch": "resnet18", "weights": "/a.pt", "sha256": "a" * 64}}
+    moved = {**base, "deep": {"arch": "resnet18", "weights": "/elsewhere/a.pt", "sha256": "a" * 64}}
+    other = {**base, "deep": {"arch": "resnet18", "weights": "/a.pt", "sha256": "b" * 64}}
+    assert tiling_mismatch(a, moved) == ""  # the same bytes at another path
+    assert "deep features resnet18 weights sha256 bbbbbbbbbbbb" in tiling_mismatch(a, other)
+    assert "deep features none" in tiling_mismatch(a, base)

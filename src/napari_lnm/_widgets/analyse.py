@@ -367,6 +367,8 @@ class AnalyseWidget(QWidget):
         self.tile_combo.setCurrentText(str(recorded.tile_size))
         tip = (f"set by the model: trained on {recorded.tile_size} px tiles at {recorded.magnification:g}x, "
                f"{recorded.segmentation} nucleus segmentation")
+        if recorded.deep is not None:
+            tip += f", deep features of {recorded.deep.arch} ({recorded.deep.weights})"
         self.mag_combo.setToolTip(tip)
         self.tile_combo.setToolTip(tip)
 

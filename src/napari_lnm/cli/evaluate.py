@@ -78,7 +78,17 @@ def tiling_mismatch(model_tiling: dict | None, features_tiling: dict | None) -> 
         a, b = (float(default[key] if t.get(key) is None else t[key]) for t in (model_tiling, features_tiling))
         if a != b:
             diffs.append(f"{label} {b:g} (the model: {a:g})")
+    a, b = (_deep_text(t.get("deep")) for t in (model_tiling, features_tiling))
+    if a != b:  # embeddings of other weights have the same columns but another meaning
+        diffs.append(f"deep features {b} (the model: {a})")
     return ", ".join(diffs)
+
+
+def _deep_text(deep: dict | None) -> str:
+    """'none' or '<arch> weights sha256 <first 12 hex>' of a recorded deep-feature network."""
+    if not isinstance(deep, dict):
+        return "none"
+    return f"{deep.get('arch')} weights sha256 {str(deep.get('sha256'))[:12]}"
 
 
 def run(args: argparse.Namespace) -> int:
