@@ -12,6 +12,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from napari_lnm.model import PARTIAL
+
 #: Consensus molecular subtype names (Guinney et al. 2015).
 SUBTYPE_NAMES: dict[str, str] = {
     "CMS1": "MSI immune",
@@ -99,7 +101,9 @@ def subtype_summary(sub: Optional[Mapping[str, Any]], routing: Optional[Mapping[
     used = str(sub.get("model_used") or "")
     reason = str(sub.get("routing") or (routing or {}).get(name, "") or "")
     why = _inner(reason)
-    if used and used != "pooled":
+    if used and used != "pooled" and reason.startswith(PARTIAL):
+        line = f"LNM model: {PARTIAL} (the pooled model with {name} as an input" + (f"; {why})" if why else ")")
+    elif used and used != "pooled":
         line = f"LNM model: per-subtype {used} model" + (f" (trained on {why})" if why else "")
     elif used == "pooled":
         if why:
