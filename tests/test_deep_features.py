@@ -211,6 +211,7 @@ def test_deep_explanations_say_so():
     assert "deep feature, no direct meaning" in text
     pairs = group_deep([("nucleus.area_mean|bin1", 2.0), ("deep.pc01|bin2", 1.0), ("deep.pc03|mean", 0.5)])
     assert pairs == [("nucleus.area_mean|bin1", 2.0), ("deep features (2 elements)", 1.5)]
+    assert group_deep([("deep.abmil|logit", 1.0)]) == [("deep features (1 element)", 1.0)]
     assert feature_kind(pairs[1][0]) == "other" and "other" in KIND_COLOURS
 
 
@@ -253,7 +254,7 @@ def test_extract_train_predict_with_deep_features(tmp_path, resnet18_file, capsy
     assert pm.tiles["deep.attention"].mean() == pytest.approx(1.0)
     kt = pm.key_tiles
     assert len(kt) >= 1 and set(kt["feature"]) == {"deep.abmil"}
-    assert all("deep feature, no direct meaning" in r for r in kt["reason"])
+    assert all(r.startswith("ABMIL: this tile adds") and "no direct meaning" in r for r in kt["reason"])
     # the weights moved: predict says where they should be; given, their bytes are checked
     moved = tmp_path / "moved.pt"
     resnet18_file.rename(moved)

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 from napari_lnm.errors import UserError
 
 __all__ = ["TilingConfig", "ExtractionConfig", "DeepFeatures", "SEGMENTATIONS", "ALLOWED_TILE_SIZES",
-           "ALLOWED_MAGNIFICATIONS", "DEEP_ARCHITECTURES", "DEEP_PREFIX", "file_sha256", "is_deep"]
+           "ALLOWED_MAGNIFICATIONS", "DEEP_ARCHITECTURES", "DEEP_PREFIX", "MIL_TILE_FEATURE", "file_sha256", "is_deep"]
 
 #: nucleus segmenters: the foregrounds of ``nuclei.segment_nuclei(foreground=...)`` and "typed", the typed
 #: network (``nuclei.classify_nuclei``: its nucleus types then feed the ``cells.*`` features)
@@ -27,6 +27,8 @@ ALLOWED_MAGNIFICATIONS = (5.0, 10.0, 20.0, 40.0)
 DEEP_ARCHITECTURES = {"resnet18": 512, "resnet50": 2048, "densenet121": 1024, "inception_v3": 2048, "vgg16": 512}
 #: name prefix of the deep feature columns (``deep.000``, ``deep.001``, ...)
 DEEP_PREFIX = "deep."
+#: the per-tile value an ABMIL model derives (``mil.MILFusion``): the tile's share of the slide's log-odds
+MIL_TILE_FEATURE = "deep.abmil"
 
 
 def is_deep(name: str) -> bool:

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from napari_lnm.config import is_deep
+from napari_lnm.config import MIL_TILE_FEATURE, is_deep
 
 __all__ = [
     "KIND_COLOURS",
@@ -432,6 +432,9 @@ def _reason_text(feat: str, value: float, unit: str, text: str, el: pd.Series, e
         tail = "higher in metastatic" if element_direction(el) >= 0 else "lower in metastatic"
     else:
         tail = "lowers risk"
+    if feat == MIL_TILE_FEATURE:  # ABMIL: the tile's attention-weighted share of the slide's log-odds
+        return (f"ABMIL: this tile adds {value:+.2f} to the network's log-odds for the slide, {text}; "
+                f"deep features, no direct meaning")
     what = f"{feat} (deep feature, no direct meaning)" if is_deep(feat) else feat
     return f"{what} = {vtxt} {text}, {tail}".replace("  ", " ")
 
@@ -514,7 +517,7 @@ def group_deep(pairs: list[tuple[str, float]]) -> list[tuple[str, float]]:
     if not deep:
         return list(pairs)
     rest = [(n, v) for n, v in pairs if not is_deep(n)]
-    return rest + [(f"deep features ({len(deep)} elements)", float(np.nansum(deep)))]
+    return rest + [(f"deep features ({len(deep)} element{'s' if len(deep) != 1 else ''})", float(np.nansum(deep)))]
 
 
 def cell_summary(tiles: pd.DataFrame) -> dict:

@@ -34,7 +34,7 @@ from napari_lnm._fields import FieldError, check_array, fail, inside, need_dict,
     need_str, need_strs
 from napari_lnm.classifiers import inner_folds
 from napari_lnm.errors import CohortError, ModelError, UserError
-from napari_lnm.config import is_deep
+from napari_lnm.config import MIL_TILE_FEATURE, is_deep
 from napari_lnm.fusion import Fusion, tile_matrix
 from napari_lnm.progress import check_stop, report
 
@@ -487,7 +487,7 @@ class MILFusion(Fusion):
     """
 
     kind = KIND
-    FEATURE = "deep.abmil"
+    FEATURE = MIL_TILE_FEATURE
 
     def __init__(self, grid: Sequence[MILParams] = DEFAULT_GRID, folds: int = 3, seed: int = 0) -> None:
         super().__init__()

@@ -964,6 +964,7 @@ def _train_calibrated(tables, y, config: TrainConfig, feature_names, clinical: p
         # the logistic head is fitted on the network's inner-CV log-odds: it is the (Platt) calibration
         bundle = _train_single(tables, y, config, feature_names, clinical, groups)
         bundle.config["calibration_note"] = "logistic head on the ABMIL network's inner-CV log-odds (Platt)"
+        bundle.config["calibration_head"] = "platt"
         return bundle
     if len(cands) == 1 and config.calibration == "none":
         return _train_single(tables, y, cands[0][1], feature_names, clinical, groups)
@@ -1443,7 +1444,7 @@ def evidence(bundle: ModelBundle, probability: float | None = None) -> dict:
     out: dict = {"demo": bool(cfg.get("demo")), "note": DEMO_NOTE if cfg.get("demo") else "",
                  "n_slides": cfg.get("n_slides"), "n_positive": cfg.get("n_positive"),
                  "recipe": cfg.get("recipe"), "calibration": cfg.get("calibration")
-                 if bundle.calibrator is not None else None}
+                 if bundle.calibrator is not None else cfg.get("calibration_head")}
     if out["n_slides"] is not None and out["n_positive"] is not None:
         out["n_negative"] = int(out["n_slides"]) - int(out["n_positive"])
     if rep is not None:

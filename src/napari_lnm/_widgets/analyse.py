@@ -32,7 +32,7 @@ from ._subtype import SUBTYPE_COLOURS, subtype_colour, subtype_counts, subtype_s
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "data" / "demo_model"
 MAGNIFICATIONS = ("5", "10", "20", "40")
 TILE_SIZES = ("224", "256", "299", "512", "1024")
-KIND_LEGEND = ("nucleus size", "nucleus texture", "arrangement", "tile texture", "immune and cell mix")
+KIND_LEGEND = ("nucleus size", "nucleus texture", "arrangement", "tile texture", "immune and cell mix", "other")
 
 
 HOVER_HELP = "hover over a numbered key tile to read why it matters"
@@ -197,7 +197,8 @@ class AnalyseWidget(QWidget):
             sw.setFixedSize(14, 14)
             sw.setStyleSheet(f"background: {KIND_COLOURS[kind]}; border: 1px solid #333;")
             legend.addWidget(sw, 1 + i // 2, 2 * (i % 2))
-            legend.addWidget(QLabel(kind), 1 + i // 2, 2 * (i % 2) + 1)
+            legend.addWidget(QLabel("other (deep, clinical)" if kind == "other" else kind), 1 + i // 2,
+                             2 * (i % 2) + 1)
 
         self.subtype_label = QLabel("")
         self.subtype_label.setAlignment(Qt.AlignmentFlag.AlignCenter)

@@ -60,8 +60,9 @@ def feature_table(bundle: ModelBundle, pred: Prediction, tile_index: int, k: int
                 etxt = bin_range_text(None if b == 1 else edges[b - 1], None if b == nb else edges[b],
                                       lambda v: f"{v:.4g}")
         d = dirs.get(f"{feat}|bin{b}")
-        if d is None:  # this bin is not a model input: say how the feature's selected elements lean
-            d = next((f"{v} (other bin)" for n, v in dirs.items() if n.split("|", 1)[0] == feat), "–")
+        if d is None:  # this bin is not a model input (or no bins): say how the feature's elements lean
+            same = [v for n, v in dirs.items() if n.split("|", 1)[0] == feat]
+            d = (f"{same[0]} (other bin)" if b else same[0]) if same else "–"
         rows.append({"feature": feat, "value": value, "bin": f"{b} of {len(edges) - 1}" if b else "–",
                      "bin edges": etxt, "metastatic direction": d})
         if len(rows) >= k:
