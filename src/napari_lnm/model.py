@@ -1498,8 +1498,10 @@ def evidence_text(bundle: ModelBundle, probability: float | None = None) -> str:
         pt = e.get(key)
         if pt:
             side = f": this slide is {pt['side']}" if pt.get("side") else ""
-            lines.append(f"{label} threshold {pt['threshold']:.2f} (sens {pt['sensitivity']:.0%}, spec "
-                         f"{pt['specificity']:.0%}, NPV {pt['npv']:.0%}, PPV {pt['ppv']:.0%}){side}")
+            pct = {k: f"{float(pt[k]):.0%}" if pt.get(k) is not None and np.isfinite(float(pt[k])) else "n/a"
+                   for k in ("sensitivity", "specificity", "npv", "ppv")}
+            lines.append(f"{label} threshold {pt['threshold']:.2f} (sens {pct['sensitivity']}, spec "
+                         f"{pct['specificity']}, NPV {pct['npv']}, PPV {pct['ppv']}){side}")
     return "\n".join(lines)
 
 
