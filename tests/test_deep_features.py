@@ -75,7 +75,7 @@ def test_engine_adds_deterministic_deep_columns(tmp_path, resnet18_file):
     path = _slide(tmp_path / "s.tif")
     cfg = TilingConfig(tile_size=256, deep=DeepFeatures.parse(f"resnet18:{resnet18_file}"))
     with open_slide(path) as slide:
-        tiles = tile_slide(slide, config=cfg).head(9)  # 9 tiles: one full batch of 8 and a rest
+        tiles = tile_slide(slide, config=cfg).head(9)
         res = analyse_tiles(slide, tiles, cfg)
         again = analyse_tiles(slide, tiles, cfg)
         rgb = np.stack([read_tile(slide, int(x), int(y), cfg) for x, y in zip(tiles.x, tiles.y)])
@@ -93,6 +93,7 @@ def test_engine_adds_deterministic_deep_columns(tmp_path, resnet18_file):
     np.testing.assert_array_equal(pooled.features, res.features)
     df = tile_frame("s", tiles.reset_index(drop=True), res.features, cfg)
     assert "deep.511" in df.columns and len(df) == 9
+    assert df["deep.000"].dtype == np.float32 and df["nucleus.count"].dtype == np.float64
 
 
 def test_wrong_weights_fail_before_any_tile(tmp_path, capsys):

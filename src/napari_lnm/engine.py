@@ -78,7 +78,12 @@ def tile_frame(slide_id: str, tiles: pd.DataFrame, features: np.ndarray, config:
         "size": tiles["size"].to_numpy(np.int64),
         "tissue_fraction": tiles["tissue_fraction"].to_numpy(np.float32),
     })
-    return pd.concat([meta, pd.DataFrame(features, columns=column_names(config))], axis=1)
+    names = column_names(config)
+    n_hand = len(names) - (config.deep.dim if config.deep is not None else 0)
+    parts = [meta, pd.DataFrame(features[:, :n_hand], columns=names[:n_hand])]
+    if config.deep is not None:  # the network computes float32: stored as such (half the Parquet size)
+        parts.append(pd.DataFrame(features[:, n_hand:].astype(np.float32), columns=names[n_hand:]))
+    return pd.concat(parts, axis=1)
 
 
 # ----------------------------------------------------------------------------- per-tile work
@@ -126,10 +131,7 @@ def tile_segments(ta: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _analyse_list(slide: Any, xs: Sequence[int], ys: Sequence[int], config: TilingConfig, keep_images: bool,
                   should_stop: Optional[StopFn] = None, progress: Optional[ProgressFn] = None) -> TileResults:
-    """The tile loop: read each tile at the working µm/px, analyse it, keep its features (and images).
-
-    With deep features, the tiles' RGB images are embedded in batches of ``features.deep.BATCH_TILES``.
-    """
+    """The tile loop: read each tile at the working µm/px, analyse it, keep its features (and images)."""
     from napari_lnm.features import analyse_tile, feature_names
     from napari_lnm.tiling import read_tile
 
@@ -138,17 +140,13 @@ def _analyse_list(slide: Any, xs: Sequence[int], ys: Sequence[int], config: Tili
     feats = np.full((len(xs), len(column_names(config))), np.nan, dtype=np.float64)
     analyses: Optional[list] = [] if keep_images else None
     segments: Optional[list] = [] if keep_images else None
-    batch: list[tuple[int, np.ndarray]] = []
     for i, (x, y) in enumerate(zip(xs, ys)):
         check_stop(should_stop)
         rgb = read_tile(slide, int(x), int(y), config)
         ta = analyse_tile(rgb, float(config.mpp), segmentation=config.segmentation)
         feats[i, :n_hand] = [ta.features.get(k, np.nan) for k in names]
         if config.deep is not None:
-            batch.append((i, rgb))
-            if len(batch) == _deep_batch() or i == len(xs) - 1:
-                _embed_batch(feats, batch, config, n_hand)
-                batch = []
+            feats[i, n_hand:] = _deep_features(rgb[None], config.deep)[0]
         if keep_images:
             analyses.append(ta)
             segments.append(tile_segments(ta))
@@ -156,18 +154,11 @@ def _analyse_list(slide: Any, xs: Sequence[int], ys: Sequence[int], config: Tili
     return TileResults(feats, analyses, segments)
 
 
-def _deep_batch() -> int:
-    from napari_lnm.features.deep import BATCH_TILES
-
-    return BATCH_TILES
-
-
-def _embed_batch(feats: np.ndarray, batch: list[tuple[int, np.ndarray]], config: TilingConfig, n_hand: int) -> None:
-    """Write the deep embeddings of the batch's tiles (row index, RGB) into ``feats[row, n_hand:]``."""
+def _deep_features(images: np.ndarray, deep: Any) -> np.ndarray:
+    """The deep embeddings of RGB tiles (torch imported only for configs with deep features)."""
     from napari_lnm.features.deep import deep_features
 
-    rows = [i for i, _ in batch]
-    feats[rows, n_hand:] = deep_features(np.stack([rgb for _, rgb in batch]), config.deep)
+    return deep_features(images, deep)
 
 
 @dataclass(frozen=True)

@@ -492,7 +492,7 @@ class DeepPCA:
     """Principal components of the ``deep.*`` tile columns: ``mean`` (D,) and ``components`` (k, D), fitted on
     the training slides' tiles only; a tile's projection is ``(x - mean) @ components.T`` (k,)."""
 
-    def __init__(self, columns: Sequence[str], n_components: int = 8) -> None:
+    def __init__(self, columns: Sequence[str], n_components: int = 32) -> None:
         if int(n_components) < 1:
             raise UserError(f"deep feature components must be at least 1, got {n_components}")
         self.columns = list(columns)
@@ -546,7 +546,7 @@ class ProjectedFusion(Fusion):
     """``inner`` fusion of the hand-crafted tile features and of the first principal components of the
     ``deep.*`` columns (:class:`DeepPCA`, fitted with the fusion: inside every CV fold on its training slides)."""
 
-    def __init__(self, inner: Fusion, n_components: int = 8) -> None:
+    def __init__(self, inner: Fusion, n_components: int = 32) -> None:
         super().__init__()
         self.inner = inner
         self.pca = DeepPCA([], n_components)

@@ -17,10 +17,7 @@ from napari_lnm.config import DeepFeatures
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["BATCH_TILES", "deep_features", "network"]
-
-#: tiles per forward pass in the tile loop
-BATCH_TILES = 8
+__all__ = ["deep_features", "network"]
 
 _NETS: dict[tuple[str, str, str], "torch.nn.Module"] = {}
 
@@ -38,7 +35,7 @@ def network(spec: DeepFeatures) -> "torch.nn.Module":
 
 
 def deep_features(images: np.ndarray, spec: DeepFeatures) -> np.ndarray:
-    """Embeddings (N, spec.dim) float64 of RGB uint8 tiles (N, H, W, 3), one torch thread."""
+    """Embeddings (N, spec.dim) float64 of RGB uint8 tiles (N, H, W, 3), one tile per pass, one torch thread."""
     import torch
 
     from napari_lnm.backbones import embed
