@@ -132,6 +132,13 @@ def catalog_markdown(infos: Sequence[FeatureInfo]) -> str:
         " nucleus measurements by `napari_lnm.nucleus_types` (a logistic regression trained on CoNSeP's"
         " training tiles; held-out scores in docs/benchmarks.md).",
         "",
+        "Optional `deep.*` group (`extract --deep-features ARCH:WEIGHTS`): `deep.000` ... `deep.<D-1>`, the"
+        " global-average-pooled embedding of the tile by a CNN whose weights the user supplies (D = 512 for"
+        " resnet18 and vgg16, 1024 densenet121, 2048 resnet50 and inception_v3); no unit, kind other, no"
+        " direct meaning. Models fuse their principal components `deep.pc01` ... (fitted on the training"
+        " slides); an ABMIL model adds `deep.abmil` (a tile's share of the network's log-odds) and"
+        " `deep.attention` (attention x the number of tiles) to a prediction's tile table.",
+        "",
         "| name | group | unit | kind | definition |",
         "|---|---|---|---|---|",
     ]
