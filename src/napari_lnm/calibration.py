@@ -4,7 +4,8 @@
   regression (a step function stored as knots, applied with ``np.interp``) fitted
   on out-of-fold scores; ``to_dict`` / ``from_dict`` JSON, never pickle.
 - :func:`brier_score`, :func:`expected_calibration_error` (equal-width bins),
-  :func:`reliability_table` and :func:`save_reliability_png`.
+  :func:`ece_noise_floor` (the ECE perfectly calibrated probabilities score on
+  this many slides), :func:`reliability_table` and :func:`save_reliability_png`.
 - :func:`operating_points`: from out-of-fold probabilities, the thresholds for
   >= 90 % sensitivity (rule-out) and >= 90 % specificity (rule-in), each with
   sensitivity, specificity, PPV and NPV and their Wilson 95 % CIs. A slide is
@@ -46,21 +47,28 @@ class Calibrator:
     n: int = 0  # slides it was fitted on
 
     @classmethod
-    def fit(cls, y, p, method: str = "auto") -> "Calibrator":
-        """Fit on labels ``y`` and out-of-fold probabilities ``p``; ``auto``: isotonic from ISOTONIC_MIN_SLIDES on."""
+    def fit(cls, y, p, method: str = "auto", slides: int | None = None) -> "Calibrator":
+        """Fit on labels ``y`` and out-of-fold probabilities ``p``; ``auto``: isotonic from ISOTONIC_MIN_SLIDES on.
+
+        ``slides``: how many distinct slides the (label, probability) pairs come
+        from, when each slide gives several (repeated inner CVs, stacked); default
+        ``len(y)``. It decides ``auto`` and sets Platt's smoothed targets, so
+        stacking repeats does not make the fit more confident than its slides allow.
+        """
         y = np.asarray(y, dtype=np.float64)
         p = np.asarray(p, dtype=np.float64)
+        slides = len(y) if slides is None else int(slides)
         if method == "auto":
-            method = "isotonic" if len(y) >= ISOTONIC_MIN_SLIDES else "platt"
+            method = "isotonic" if slides >= ISOTONIC_MIN_SLIDES else "platt"
         if method == "platt":
-            a, b = _platt(y, _logit(p))
-            return cls(method="platt", a=a, b=b, n=len(y))
+            a, b = _platt(y, _logit(p), slides / max(len(y), 1))
+            return cls(method="platt", a=a, b=b, n=slides)
         if method == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
             return cls(method="isotonic", knots_x=np.asarray(iso.X_thresholds_, dtype=np.float64),
-                       knots_y=np.asarray(iso.y_thresholds_, dtype=np.float64), n=len(y))
+                       knots_y=np.asarray(iso.y_thresholds_, dtype=np.float64), n=slides)
         raise ValueError(f"unknown calibration {method!r}; choose one of {METHODS} or 'auto'")
 
     def apply(self, p) -> np.ndarray:
@@ -99,11 +107,15 @@ class Calibrator:
         return cls(method=method, knots_x=x, knots_y=y, n=n)
 
 
-def _platt(y: np.ndarray, z: np.ndarray) -> tuple[float, float]:
-    """(a, b) of a logistic regression of y on the logit z, with Platt's smoothed targets (no overconfidence)."""
+def _platt(y: np.ndarray, z: np.ndarray, share: float = 1.0) -> tuple[float, float]:
+    """(a, b) of a logistic regression of y on the logit z, with Platt's smoothed targets (no overconfidence).
+
+    ``share``: slides per (label, score) pair (1 / repeats when each slide is in the data once per repeat);
+    the targets' smoothing uses the class counts of slides, not of pairs.
+    """
     from scipy.optimize import minimize
 
-    n1, n0 = float(y.sum()), float(len(y) - y.sum())
+    n1, n0 = float(y.sum()) * share, float(len(y) - y.sum()) * share
     t = np.where(y > 0.5, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
@@ -144,6 +156,22 @@ def expected_calibration_error(y, p, bins: int = 10) -> float:
     rows = reliability_table(y, p, bins)
     n = sum(r["n"] for r in rows)
     return float(sum(r["n"] * abs(r["mean_p"] - r["observed"]) for r in rows) / max(n, 1))
+
+
+def ece_noise_floor(p, bins: int = 10, draws: int = 200, seed: int = 0) -> float:
+    """The ECE that perfectly calibrated probabilities ``p`` score on this many slides, from sampling alone.
+
+    The mean :func:`expected_calibration_error` over ``draws`` label sets drawn as
+    y* ~ Bernoulli(p) (seeded): what a model whose probabilities are exactly right
+    would show on ``len(p)`` slides. An observed ECE near it is sampling noise, not
+    miscalibration; on 60 slides in 10 bins it is about 0.1.
+    """
+    p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
+    if p.size == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    ys = rng.random((int(draws), p.size)) < p
+    return float(np.mean([expected_calibration_error(yd, p, bins) for yd in ys.astype(np.float64)]))
 
 
 def save_reliability_png(path: Path, y, p, title: str = "", bins: int = 10) -> None:

@@ -45,7 +45,8 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+    # clipped: exp(-z) overflows (a RuntimeWarning) for z < -709; sigmoid(-500) is 7e-218, i.e. already 0
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
 
 
 def _n_inner_folds(y: np.ndarray, wanted: int = 3) -> int:

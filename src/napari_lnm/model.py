@@ -35,8 +35,8 @@ from napari_lnm._atomic import atomic_dir
 from napari_lnm._fields import FieldError, fail, inside, need_dict, need_key, need_list, need_number, need_str, \
     need_strs
 from napari_lnm import recipe as recipes
-from napari_lnm.calibration import Calibrator, brier_score, expected_calibration_error, operating_points, \
-    save_reliability_png, side_of
+from napari_lnm.calibration import Calibrator, brier_score, ece_noise_floor, expected_calibration_error, \
+    operating_points, save_reliability_png, side_of
 from napari_lnm.classifiers import Classifier, inner_folds, load_classifier, make_classifier
 from napari_lnm.errors import CohortError, ModelError, UserError
 from napari_lnm.config import is_deep
@@ -80,8 +80,10 @@ class TrainConfig:
     classifier_params: dict | None = None  # e.g. {"C": 0.1} for logreg, {"max_depth": 2} for xgboost
     calibration: str = "none"  # "none", "auto" (Platt; isotonic from 300 slides), "platt", "isotonic"
     inner_cv: int = 3  # inner folds for the recipe choice and the calibration
+    inner_repeats: int = 3  # repeats of the inner CV (inner fold seeds seed, seed + 1, ...), scores averaged
+    choice: str = recipes.ONE_SE  # "1se": simplest recipe within 1 SE of the best inner-CV AUC; "best"
     repeats: int = 1  # repeats of the outer CV (cross_validate)
-    deep_components: int = 8  # principal components the deep.* tile columns are reduced to before fusion
+    deep_components: int = 32  # principal components the deep.* tile columns are reduced to before fusion
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -363,6 +365,7 @@ class CVReport:
     brier: float | None = None
     ece: float | None = None  # expected calibration error, 10 equal-width bins
     ece_uncalibrated: float | None = None
+    ece_floor: float | None = None  # ECE of perfectly calibrated oof probabilities on this many slides (sampling)
     calibration: str | None = None  # calibration method of the fold models
     operating_points: dict | None = None  # calibration.operating_points of oof
     subtype_aucs: dict | None = None  # per subtype: slides, AUC of the routed, pooled (and partial) probabilities
@@ -386,7 +389,11 @@ class CVReport:
             lines.append(f"  subtype {name} ({d['n']} slides): routed ROC-AUC {d['routed']:.3f}, pooled "
                          f"{d['pooled']:.3f}{part}{how}")
         if self.ece is not None:
-            unc = f" (uncalibrated {self.ece_uncalibrated:.3f})" if self.ece_uncalibrated is not None else ""
+            notes = [f"uncalibrated {self.ece_uncalibrated:.3f}"] if self.ece_uncalibrated is not None else []
+            if self.ece_floor is not None:
+                notes.append(f"perfectly calibrated probabilities would score {self.ece_floor:.3f} on "
+                             f"{len(self.oof)} slides")
+            unc = f" ({'; '.join(notes)})" if notes else ""
             lines.append(f"  calibration{f' ({self.calibration})' if self.calibration else ''}: Brier "
                          f"{self.brier:.3f}, expected calibration error {self.ece:.3f}{unc}")
         if self.auc_image_only is not None:
@@ -908,7 +915,8 @@ def _fit_head(fusion: Fusion, F: np.ndarray, y, config: TrainConfig, feature_nam
     names = list(sel.names) + (enc.names if enc else [])
     imp = _importance(clf, X, y, names, info)
     cfg = config.to_dict()
-    for k in ("recipe", "grid", "classifier_params", "calibration", "inner_cv", "repeats", "deep_components"):
+    for k in ("recipe", "grid", "classifier_params", "calibration", "inner_cv", "repeats", "deep_components",
+              "inner_repeats", "choice"):
         if cfg[k] == TrainConfig.__dataclass_fields__[k].default:
             del cfg[k]  # fixed-recipe, uncalibrated bundles record the config as before
     if config.classifier == "xgboost":
@@ -921,34 +929,83 @@ def _fit_head(fusion: Fusion, F: np.ndarray, y, config: TrainConfig, feature_nam
     return ModelBundle(feature_names, fusion, sel, clf, cfg, imp, clinical=enc)
 
 
-def _inner_cv(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
-              groups: np.ndarray | None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Per candidate recipe: mean inner-fold ROC-AUC and inner out-of-fold (uncalibrated) probabilities.
+@dataclass
+class InnerCV:
+    """What the inner CV of one training set found, per candidate recipe."""
 
-    Folds: ``classifiers.inner_folds`` (patient-grouped with ``groups``); each fusion
-    is fitted once per inner fold on its training part and shared by the recipes that use it.
+    fold_aucs: dict[str, np.ndarray]  # ROC-AUC of every inner test fold of every repeat (repeats x folds, flat)
+    oof: dict[str, np.ndarray]  # (repeats, n) inner out-of-fold (uncalibrated) probabilities
+    folds_per_repeat: int
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Mean inner-fold ROC-AUC over all folds of all repeats (NaN when no fold gave one)."""
+        return {n: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan") for n, a in self.fold_aucs.items()}
+
+    def se(self, name: str) -> float:
+        """Standard error of ``name``'s mean inner-CV AUC: SD of its fold AUCs over all repeats / sqrt(folds in one
+        repeat) (conservative: the repeats reuse the same slides, so they are not independent); 0 below 2 folds."""
+        a = self.fold_aucs[name]
+        a = a[np.isfinite(a)]
+        return float(np.std(a, ddof=1) / np.sqrt(self.folds_per_repeat)) if len(a) >= 2 else 0.0
+
+
+def _inner_cv(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
+              groups: np.ndarray | None) -> InnerCV:
+    """Per candidate recipe: the ROC-AUC of every inner test fold and the inner out-of-fold probabilities.
+
+    Folds: ``classifiers.inner_folds`` (patient-grouped with ``groups``), repeated
+    ``config.inner_repeats`` times with fold seeds ``seed, seed + 1, ...`` (the first
+    repeat is the single inner CV of before); each fusion is fitted once per inner
+    fold on its training part and shared by the recipes that use it.
     """
     cands = config.candidates()
-    folds, _ = inner_folds(y, groups, wanted=config.inner_cv, seed=config.seed)
-    aucs = {name: [] for name, _ in cands}
-    oof = {name: np.full(len(y), np.nan) for name, _ in cands}
-    for tr, te in folds:
-        ttr, tte = [tables[i] for i in tr], [tables[i] for i in te]
-        ctr = None if clinical is None else clinical.iloc[tr].reset_index(drop=True)
-        cte = None if clinical is None else clinical.iloc[te].reset_index(drop=True)
-        fused: dict[tuple, tuple[Fusion, np.ndarray, np.ndarray]] = {}
-        for name, cfg in cands:
-            key = (cfg.fusion, cfg.bins, cfg.edges, cfg.p)
-            if key not in fused:
-                fus, f_tr = _fit_fusion(ttr, cfg, feature_names, y[tr], None if groups is None else groups[tr])
-                fused[key] = (fus, f_tr, fus.transform(tte))
-            fus, f_tr, f_te = fused[key]
-            b = _fit_head(fus, f_tr, y[tr], cfg, feature_names, ctr, None if groups is None else groups[tr])
-            oof[name][te] = b.classifier.predict_proba(b.design_fused(f_te, cte))
-            aucs[name].append(roc_auc(y[te], oof[name][te]))
-    scores = {name: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")
-              for name, a in ((n, np.asarray(v, dtype=float)) for n, v in aucs.items())}
-    return scores, oof
+    repeats = max(1, int(config.inner_repeats))
+    aucs: dict[str, list[float]] = {name: [] for name, _ in cands}
+    oof = {name: np.full((repeats, len(y)), np.nan) for name, _ in cands}
+    n_folds = 0
+    for r in range(repeats):
+        folds, _ = inner_folds(y, groups, wanted=config.inner_cv, seed=config.seed + r)
+        n_folds = max(n_folds, len(folds))
+        for tr, te in folds:
+            ttr, tte = [tables[i] for i in tr], [tables[i] for i in te]
+            ctr = None if clinical is None else clinical.iloc[tr].reset_index(drop=True)
+            cte = None if clinical is None else clinical.iloc[te].reset_index(drop=True)
+            fused: dict[tuple, tuple[Fusion, np.ndarray, np.ndarray]] = {}
+            for name, cfg in cands:
+                key = (cfg.fusion, cfg.bins, cfg.edges, cfg.p)
+                if key not in fused:
+                    fus, f_tr = _fit_fusion(ttr, cfg, feature_names, y[tr], None if groups is None else groups[tr])
+                    fused[key] = (fus, f_tr, fus.transform(tte))
+                fus, f_tr, f_te = fused[key]
+                b = _fit_head(fus, f_tr, y[tr], cfg, feature_names, ctr, None if groups is None else groups[tr])
+                oof[name][r, te] = b.classifier.predict_proba(b.design_fused(f_te, cte))
+                aucs[name].append(roc_auc(y[te], oof[name][r, te]))
+    return InnerCV({n: np.asarray(v, dtype=float) for n, v in aucs.items()}, oof, max(n_folds, 1))
+
+
+def choose_recipe(inner: InnerCV, names: Sequence[str], rule: str = recipes.ONE_SE) -> tuple[str, dict]:
+    """The recipe ``rule`` keeps among ``names`` (in grid order) and how: (name, record for the bundle's config).
+
+    ``"best"``: the highest mean inner-CV AUC (ties: the earlier name). ``"1se"``
+    (one-standard-error rule): of the recipes whose mean inner-CV AUC is at least the
+    best one's minus its standard error (:meth:`InnerCV.se`), the first in
+    ``recipe.SIMPLEST_FIRST`` -- on a small cohort the inner CV cannot tell the
+    recipes apart, and the choice then falls on the sparsest linear model rather
+    than on whichever recipe the noise favoured.
+    """
+    if rule not in recipes.CHOICES:
+        raise ValueError(f"unknown recipe choice rule {rule!r}; choose one of {', '.join(recipes.CHOICES)}")
+    names = list(names)
+    scores = inner.scores
+    best = max(range(len(names)), key=lambda i: (np.nan_to_num(scores[names[i]], nan=-1.0), -i))
+    top = names[best]
+    if rule == recipes.BEST or not np.isfinite(scores[top]):
+        return top, {"recipe_rule": recipes.BEST}
+    se = inner.se(top)
+    near = [n for n in names if np.isfinite(scores[n]) and scores[n] >= scores[top] - se - 1e-12]
+    pick = min(near, key=lambda n: (recipes.simplicity_rank(n), names.index(n)))
+    return pick, {"recipe_rule": recipes.ONE_SE, "recipe_best": top, "recipe_best_se": round(se, 4)}
 
 
 #: fewest slides of each class for which the recipe choice and calibration run an inner CV (2 folds,
@@ -976,17 +1033,24 @@ def _train_calibrated(tables, y, config: TrainConfig, feature_names, clinical: p
                                               f"a recipe or calibrate by inner CV")
         return bundle
     tables = tile_tables(tables, feature_names)  # tile matrices read once for every fold and recipe
-    scores, oof = _inner_cv(tables, y, config, feature_names, clinical, groups)
-    best = max(range(len(cands)), key=lambda i: (np.nan_to_num(scores[cands[i][0]], nan=-1.0), -i))
-    name, cfg = cands[best]
+    inner = _inner_cv(tables, y, config, feature_names, clinical, groups)
+    names = [n for n, _ in cands]
+    name, how = choose_recipe(inner, names, config.choice) if len(cands) > 1 else (names[0], {})
+    cfg = dict(cands)[name]
     bundle = _train_single(tables, y, cfg, feature_names, clinical, groups)
-    bundle.config.update(recipe=name, recipe_choice=config.recipe, inner_cv=config.inner_cv)
+    bundle.config.update(recipe=name, recipe_choice=config.recipe, inner_cv=config.inner_cv,
+                         inner_repeats=int(config.inner_repeats))
     if len(cands) > 1:
-        bundle.config["recipe_scores"] = {n: (None if not np.isfinite(v) else round(v, 4)) for n, v in scores.items()}
+        bundle.config["recipe_scores"] = {n: (None if not np.isfinite(v) else round(v, 4))
+                                          for n, v in inner.scores.items()}
+        bundle.config.update(how)
     if config.calibration != "none":
-        p = oof[name]
+        # every repeat's inner out-of-fold probabilities, stacked: one (label, probability) pair per slide and
+        # repeat, each from a model that did not see the slide; the method and Platt's smoothing count slides
+        p = inner.oof[name].ravel()
+        yy = np.tile(y, inner.oof[name].shape[0])
         ok = np.isfinite(p)
-        bundle.calibrator = Calibrator.fit(y[ok], p[ok], config.calibration)
+        bundle.calibrator = Calibrator.fit(yy[ok], p[ok], config.calibration, slides=len(y))
         bundle.config["calibration"] = bundle.calibrator.method
     return bundle
 
@@ -1401,6 +1465,7 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
         _report_partial(rep, runs["part"], runs["pool"], sts, config)
         rep.subtype_choices = picks or None
     rep.brier, rep.ece = brier_score(y, oof), expected_calibration_error(y, oof)
+    rep.ece_floor = ece_noise_floor(oof, seed=config.seed)
     rep.operating_points = operating_points(y, oof)
     if methods:
         rep.calibration = "/".join(sorted(methods))
@@ -1449,7 +1514,7 @@ def evidence(bundle: ModelBundle, probability: float | None = None) -> dict:
         out["n_negative"] = int(out["n_slides"]) - int(out["n_positive"])
     if rep is not None:
         out.update(cv_auc=float(rep.auc), cv_ci=[float(rep.ci[0]), float(rep.ci[1])], cv_folds=rep.n_splits,
-                   cv_repeats=rep.repeats, brier=rep.brier, ece=rep.ece)
+                   cv_repeats=rep.repeats, brier=rep.brier, ece=rep.ece, ece_floor=rep.ece_floor)
     points = bundle.operating_points
     if points:
         for key in ("rule_out", "rule_in"):
@@ -1493,7 +1558,9 @@ def evidence_text(bundle: ModelBundle, probability: float | None = None) -> str:
         lines.append(f"trained on {e['n_slides']} slides ({e['n_positive']} metastatic{neg})")
     if e.get("ece") is not None:
         how = f"{e['calibration']}-calibrated" if e.get("calibration") else "uncalibrated"
-        lines.append(f"probabilities {how}: calibration error {e['ece']:.2f}, Brier {e['brier']:.2f}")
+        floor = f" (perfectly calibrated: {e['ece_floor']:.2f} on this many slides)" \
+            if e.get("ece_floor") is not None else ""
+        lines.append(f"probabilities {how}: calibration error {e['ece']:.2f}{floor}, Brier {e['brier']:.2f}")
     for key, label in (("rule_out", "rule-out (>= 90% sensitivity)"), ("rule_in", "rule-in (>= 90% specificity)")):
         pt = e.get(key)
         if pt:

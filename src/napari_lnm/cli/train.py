@@ -9,7 +9,7 @@ import numpy as np
 
 from napari_lnm.calibration import ISOTONIC_MIN_SLIDES
 from napari_lnm.errors import UserError
-from napari_lnm.recipe import AUTO, FIXED, MIL_FUSION, NAMES
+from napari_lnm.recipe import AUTO, CHOICES, FIXED, MIL_FUSION, NAMES, ONE_SE
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +29,12 @@ def add_parser(subparsers) -> None:
                         "classifier from a small grid by inner CV; 'seed' = histogram + KS + XGBoost; 'fixed' "
                         "(implied by --fusion/--bins/--edges/--p/--select/--alpha/--top-q/--classifier) = "
                         "exactly those flags")
+    p.add_argument("--recipe-choice", default=ONE_SE, choices=list(CHOICES),
+                   help="how --recipe auto chooses: 1se (default) = the simplest recipe whose inner-CV AUC is "
+                        "within one standard error of the best (sparse linear models first); best = the best")
+    p.add_argument("--inner-repeats", type=int, default=3,
+                   help="repeats of the inner CV that chooses the recipe and fits the calibration, with other "
+                        "fold seeds; scores averaged (default 3)")
     p.add_argument("--fusion", default=None, choices=["histogram", "mean", "max", "pnorm", "quantile", "kmeans"],
                    help="fusion of a fixed recipe (default histogram)")
     p.add_argument("--bins", type=int, default=None, help="histogram bins (k for k-means fusion); default 5")
@@ -46,6 +52,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--calibration", default="auto", choices=["auto", "platt", "isotonic", "none"],
                    help="calibrate probabilities on inner-CV predictions (auto: Platt, isotonic from "
                         f"{ISOTONIC_MIN_SLIDES} slides; default auto)")
+    p.add_argument("--deep-components", type=int, default=32,
+                   help="principal components the deep.* tile features are reduced to before fusion, fitted on "
+                        "the training slides of every fold (default 32)")
     p.add_argument("--cv", type=int, default=5, help="outer cross-validation folds (default 5)")
     p.add_argument("--repeats", type=int, default=1,
                    help="repeat the outer CV with other fold seeds; probabilities averaged (default 1)")
@@ -96,10 +105,14 @@ def run(args: argparse.Namespace) -> int:
     recipe = resolve_recipe(args)
     if args.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.inner_repeats < 1:
+        raise UserError(f"--inner-repeats must be at least 1, got {args.inner_repeats}")
     if not 0.0 < args.alpha <= 1.0:
         raise UserError(f"--alpha must be in (0, 1], got {args.alpha}")
     if args.top_q is not None and args.top_q < 1:
         raise UserError(f"--top-q must be at least 1, got {args.top_q}")
+    if args.deep_components < 1:
+        raise UserError(f"--deep-components must be at least 1, got {args.deep_components}")
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be at least 1, got {args.bootstrap}")
     if args.fusion != MIL_FUSION:
@@ -122,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
                          seed=args.seed, clinical=clinical_cols, per_subtype=args.per_subtype,
                          min_subtype_slides=args.min_subtype_slides, n_bootstrap=args.bootstrap,
                          nthread=args.threads, tiling=tiling, recipe=recipe, calibration=args.calibration,
-                         repeats=args.repeats)
+                         repeats=args.repeats, inner_repeats=args.inner_repeats, choice=args.recipe_choice,
+                         deep_components=args.deep_components)
     groups = cohort["patient_id"].astype(str).to_numpy() if "patient_id" in cohort.columns else None
     subtypes = cohort["subtype"].tolist() if "subtype" in cohort.columns else None
     clinical = cohort[list(clinical_cols)] if clinical_cols else None
@@ -177,6 +191,10 @@ def recipe_lines(report, bundle) -> list[str]:
     if name and name != FIXED:
         scores = bundle.config.get("recipe_scores") or {}
         score = f", inner-CV AUC {scores[name]:.3f}" if scores.get(name) is not None else ""
+        best = bundle.config.get("recipe_best")
+        if best and best != name and scores.get(best) is not None:
+            score += (f"; the simplest within one SE ({bundle.config.get('recipe_best_se', 0):.3f}) of the best, "
+                      f"{best} {scores[best]:.3f}")
         lines.append(f"final model recipe: {name} ({get(name).describe()}{score})")
     for key, label in (("rule_out", "rule-out (>= 90% sensitivity)"), ("rule_in", "rule-in (>= 90% specificity)")):
         pt = (report.operating_points or {}).get(key)
