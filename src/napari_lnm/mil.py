@@ -225,11 +225,7 @@ class MILModel:
     def from_dict(cls, d: Any, field: str) -> "MILModel":
         """Inverse of :meth:`to_dict`; FieldError naming a bad field."""
         d = need_dict(d, field)
-        need_str(need_key(d, "kind", field), f"{field}.kind", (KIND,))
-        params = MILParams.from_dict(need_key(d, "params", field), f"{field}.params")
-        columns = need_strs(need_key(d, "columns", field), f"{field}.columns", unique=True)
-        if not columns:
-            fail(f"{field}.columns", "is empty")
+        params, columns = _read_header(d, field)
         raw = need_dict(need_key(d, "arrays", field), f"{field}.arrays")
         try:
             arrays = {k: np.asarray(v, dtype=np.float64) for k, v in raw.items()}
@@ -257,11 +253,7 @@ class MILModel:
     def load(cls, d: Path, meta: dict, field: str = "classifier") -> "MILModel":
         """Read a model saved by :meth:`save`; FieldError naming a bad field, ModelError naming a damaged file."""
         meta = need_dict(meta, field)
-        need_str(need_key(meta, "kind", field), f"{field}.kind", (KIND,))
-        params = MILParams.from_dict(need_key(meta, "params", field), f"{field}.params")
-        columns = need_strs(need_key(meta, "columns", field), f"{field}.columns", unique=True)
-        if not columns:
-            fail(f"{field}.columns", "is empty")
+        params, columns = _read_header(meta, field)
         shapes = _net_shapes(len(columns), params)
         _check_meta_shapes(meta.get("arrays", None), shapes, f"{field}.arrays")
         path = inside(Path(d), need_key(meta, "file", field), f"{field}.file")
@@ -275,6 +267,16 @@ class MILModel:
         net = {k: arrays[k].astype(np.float64) for k in NET_ARRAYS}
         return cls(columns=columns, params=params, mean=arrays["mean"].astype(np.float64),
                    scale=arrays["scale"].astype(np.float64), net=net)
+
+
+def _read_header(d: dict, field: str) -> tuple[MILParams, list[str]]:
+    """(settings, tile columns) of a saved model's metadata; FieldError naming a bad field."""
+    need_str(need_key(d, "kind", field), f"{field}.kind", (KIND,))
+    params = MILParams.from_dict(need_key(d, "params", field), f"{field}.params")
+    columns = need_strs(need_key(d, "columns", field), f"{field}.columns", unique=True)
+    if not columns:
+        fail(f"{field}.columns", "is empty")
+    return params, columns
 
 
 def _check_meta_shapes(v: Any, shapes: dict[str, tuple[int, ...]], field: str) -> None:
