@@ -7,13 +7,17 @@ Run (features extracted once, then reused)::
     OMP_NUM_THREADS=1 nice python benchmarks/bench_recipe.py --cohort C/cohort.csv --features F \\
         --cohort-seed 16 --positive-fraction 0.333 --sizes 60,160 --seeds 0,1,2,3 [--curve 30,60,100,150]
 
+The cohort's ``subtype`` column goes to ``train`` as ``napari-lnm train`` gives it (``--no-subtype``: not).
 The oracle is a cross-validated logistic regression on the generator's latent truth:
 the per-slide severity that ``synth.make_cohort`` draws (label + N(0, SEVERITY_SD)),
 replayed here from the cohort seed. Each (size, seed) row takes a stratified random
 subset of that many slides (seed) and runs a 5-fold nested CV with fold seed ``seed``.
 "ECE floor" is the ECE that the row's own out-of-fold probabilities would score if
 they were perfectly calibrated (mean over 200 label draws y* ~ Bernoulli(p)): an ECE
-near it is sampling noise on this many slides, not miscalibration.
+near it is sampling noise on this many slides, not miscalibration. "pooled ECE" scores the out-of-fold
+probabilities of all seeds' rows of one size together (seeds x slides predictions, each from a model trained on
+that many slides): the calibration of the recipe at that cohort size, with a floor a seeds-fold larger sample
+brings down.
 ``--configs 0,1`` runs only those CONFIGS (0-based indices; default all).
 ``--curve`` adds a learning curve: train on N slides, score on a fixed held-out set.
 Prints markdown tables.
@@ -42,6 +46,7 @@ CONFIGS = {
     "seed recipe, uncalibrated (old default)": dict(recipe="seed"),
     "mean + none + logreg, fixed": dict(recipe="mean-none-logreg"),
     "mean + none + elastic net + Platt, fixed": dict(recipe="mean-none-enet", calibration="auto"),
+    "mean + supervised PCA within subtype + Platt, fixed": dict(recipe="mean-spca-subtype", calibration="auto"),
 }
 
 
@@ -86,12 +91,15 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=int, default=50, help="held-out slides of the learning curve")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--configs", default="", help="comma-separated 0-based indices of CONFIGS to run (default all)")
+    ap.add_argument("--no-subtype", action="store_true",
+                    help="train without the cohort's subtype column (as for a cohort that has none)")
     args = ap.parse_args(argv)
     configs = CONFIGS if not args.configs else {k: v for i, (k, v) in enumerate(CONFIGS.items())
                                                 if str(i) in args.configs.split(",")}
     cohort = read_cohort_csv(args.cohort)
     tables, _ = load_feature_tables(cohort, args.features)
     y = cohort["label"].to_numpy(dtype=int)
+    st = cohort["subtype"].astype(str).to_numpy() if "subtype" in cohort.columns and not args.no_subtype else None
     labels, sev = latent_severity(len(y), args.cohort_seed, args.positive_fraction)
     if not np.array_equal(labels, y):
         raise SystemExit("the cohort's labels are not those of --cohort-seed / --positive-fraction")
@@ -109,7 +117,8 @@ def main(argv=None) -> int:
             for name, kw in configs.items():
                 cfg = TrainConfig(seed=seed, nthread=args.threads, n_bootstrap=1000, **kw)
                 t0 = time.perf_counter()
-                rep = cross_validate([tables[i] for i in idx], y[idx], config=cfg)
+                rep = cross_validate([tables[i] for i in idx], y[idx], config=cfg,
+                                     subtypes=None if st is None else st[idx])
                 dt = time.perf_counter() - t0
                 chosen = ", ".join(f"{k} x{v}" for k, v in rep.recipe_counts().items())
                 floor = ece_noise_floor(rep.oof, seed=seed)
@@ -117,23 +126,26 @@ def main(argv=None) -> int:
                       f"{rep.auc - orc:+.3f} | {rep.ece:.3f} | {floor:.3f} | {rep.brier:.3f} | {chosen} | {dt:.0f} |",
                       flush=True)
                 rows.append(dict(n=len(idx), seed=seed, recipe=name, auc=rep.auc, oracle=orc, ece=rep.ece,
-                                 floor=floor, time=dt))
+                                 floor=floor, time=dt, y=y[idx], p=np.asarray(rep.oof, dtype=float)))
     df = pd.DataFrame(rows)
     if len(df):
         print("\n| slides | recipe | mean AUC | mean gap to oracle (worst) | seeds within 0.04 | mean ECE | "
-              "mean ECE floor | seeds ECE <= 0.10 | mean time s |\n|---|---|---|---|---|---|---|---|---|")
+              "mean ECE floor | seeds ECE <= 0.10 | pooled ECE (floor) | mean time s |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
         for (n, name), g in df.groupby(["n", "recipe"], sort=False):
             gap = g.auc - g.oracle
+            yp, pp = np.concatenate(list(g.y)), np.concatenate(list(g.p))
             print(f"| {n} | {name} | {g.auc.mean():.3f} | {gap.mean():+.3f} ({gap.min():+.3f}) | "
                   f"{int((gap >= -0.04).sum())} of {len(g)} | {g.ece.mean():.3f} | {g.floor.mean():.3f} | "
-                  f"{int((g.ece <= 0.10).sum())} of {len(g)} | {g.time.mean():.0f} |")
+                  f"{int((g.ece <= 0.10).sum())} of {len(g)} | {expected_calibration_error(yp, pp):.3f} "
+                  f"({ece_noise_floor(pp, seed=0):.3f}) | {g.time.mean():.0f} |")
     if args.curve:
-        learning_curve(tables, y, sev, [int(v) for v in args.curve.split(",")],
+        learning_curve(tables, y, st, sev, [int(v) for v in args.curve.split(",")],
                        [int(v) for v in args.seeds.split(",") if v], args.holdout, args.threads)
     return 0
 
 
-def learning_curve(tables, y, sev, sizes, seeds, n_holdout: int, threads: int) -> None:
+def learning_curve(tables, y, st, sev, sizes, seeds, n_holdout: int, threads: int) -> None:
     """Train on N slides, score AUC / ECE (and its floor) on a fixed stratified held-out set, per seed; print a table."""
     hold = subset(y, n_holdout, 12345)
     rest = np.setdiff1d(np.arange(len(y)), hold)
@@ -146,8 +158,10 @@ def learning_curve(tables, y, sev, sizes, seeds, n_holdout: int, threads: int) -
             aucs, eces, floors = [], [], []
             for seed in seeds:
                 tr = rest[subset(y[rest], n, seed)]
-                b = train_model([tables[i] for i in tr], y[tr], TrainConfig(seed=seed, nthread=threads, **kw))
-                p = b.predict_proba([tables[i] for i in hold])
+                b = train_model([tables[i] for i in tr], y[tr], TrainConfig(seed=seed, nthread=threads, **kw),
+                                subtypes=None if st is None else st[tr])
+                p = np.array([b.for_subtype(None if st is None else st[i])[0].predict_proba([tables[i]])[0]
+                              for i in hold])
                 aucs.append(roc_auc(y[hold], p))
                 eces.append(expected_calibration_error(y[hold], p))
                 floors.append(ece_noise_floor(p, seed=seed))

@@ -15,6 +15,8 @@ log-odds with the bias last; ``importance() -> (fscore, gain)`` per column;
   Contributions are ``pred_contribs`` (log-odds). NaNs are handled natively.
 - ``logreg``: L2 logistic regression on standardised columns (NaN -> training
   median). Saved in ``params.npz``; contribution = coef * z.
+- ``spca``: supervised principal components (optionally centred within one-hot
+  strata) with a logistic link; linear, so saved and explained as ``logreg``.
 - ``svm``: RBF SVM; probabilities by Platt scaling fitted on internal
   cross-validated decision values (deterministic). Saved support vectors, dual
   coefficients, intercept, gamma, Platt A, B.
@@ -34,7 +36,7 @@ from napari_lnm._fields import FieldError, check_array, fail, need_dict, need_in
     need_str, inside
 from napari_lnm.errors import ModelError
 
-CLASSIFIERS = ("xgboost", "logreg", "svm", "mlp")
+CLASSIFIERS = ("xgboost", "logreg", "spca", "svm", "mlp")
 #: XGBoost trains on one thread below this many input cells (slides x columns): faster, identical trees.
 SMALL_FIT_CELLS = 1_000_000
 
@@ -369,6 +371,83 @@ class LogisticClassifier(_NumpyClassifier):
         self.l1_ratio = float(need_number(meta.get("l1_ratio", 0.5), f"{field}.l1_ratio", lo=0.0, hi=1.0))
 
 
+class SupervisedPCAClassifier(LogisticClassifier):
+    """Supervised principal components (Bair & Tibshirani 2006) with a logistic link, stored as a linear model.
+
+    On standardised columns, optionally centred within strata first (``strata``:
+    the indices of one-hot columns, e.g. a subtype's levels; each row's columns minus
+    the training mean of its stratum, then rescaled): the ``columns`` non-stratum
+    columns with the largest |Welch t| between the classes, their first
+    ``components`` principal components, a logistic regression (``C``, balanced) on
+    those scores. The whole chain is linear, so it is saved as the logistic
+    regression's ``coef`` / ``intercept`` on the standardised inputs: the strata's
+    one-hot columns carry the centring as their coefficients (a row with no stratum
+    is centred on the training mean). Suits one latent factor behind many weak columns.
+    """
+
+    kind = "spca"
+
+    def __init__(self, seed=0, nthread=1, columns: int = 20, components: int = 1, C: float = 1.0,
+                 strata: tuple[int, ...] = ()):
+        super().__init__(seed, nthread, C=C)
+        self.columns, self.components = int(columns), int(components)
+        self.strata = tuple(int(i) for i in strata)
+
+    def fit(self, X, y, groups=None):
+        """Fit on standardised X (no inner CV, so ``groups`` is not needed)."""
+        from sklearn.linear_model import LogisticRegression
+
+        y = np.asarray(y).astype(int)
+        Z = self._fit_scaler(X)
+        q = Z.shape[1]
+        strata = np.array(sorted(set(self.strata)), dtype=int)
+        free = np.setdiff1d(np.arange(q), strata)
+        onehot = np.asarray(X, dtype=np.float64)[:, strata] if len(strata) else np.zeros((len(Z), 0))
+        onehot = np.nan_to_num(onehot)
+        # per-stratum training means of the free columns (rows with no stratum stay uncentred)
+        counts = onehot.sum(axis=0)
+        mu = (onehot.T @ Z[:, free]) / np.where(counts > 0, counts, 1.0)[:, None]  # (strata, free)
+        zc = Z[:, free] - onehot @ mu
+        sd = zc.std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        zc /= sd
+        a, b = zc[y == 1], zc[y == 0]
+        t = np.abs(a.mean(0) - b.mean(0)) / (np.sqrt(a.var(0) / len(a) + b.var(0) / len(b)) + 1e-9)
+        keep = np.argsort(-t, kind="stable")[:max(1, min(self.columns, len(free)))]
+        sub = zc[:, keep]
+        k = max(1, min(self.components, len(keep), len(y) - 1))
+        v = np.linalg.svd(sub - sub.mean(0), full_matrices=False)[2][:k].T  # (kept, k)
+        m = LogisticRegression(C=self.C, class_weight="balanced", max_iter=2000, random_state=self.seed)
+        m.fit(sub @ v, y)
+        w = np.zeros(len(free))
+        w[keep] = (v @ m.coef_[0]) / sd[keep]  # per free standardised column
+        offset = mu @ w  # (strata,) the centring, in logit units, of a row of each stratum
+        coef = np.zeros(q)
+        coef[free] = w
+        coef[strata] = -offset * self.scale_[strata]  # one-hot o = z * scale + mean
+        self.coef_ = coef
+        self.intercept_ = np.array([float(m.intercept_[0]) - float(offset @ self.mean_[strata])])
+        self.kept_ = free[keep]
+        self._sk = m
+        return self
+
+    def importance(self, X=None):
+        """(|coef|, |coef|) on standardised columns; 0 for the strata columns (they centre, they are no evidence)."""
+        a = np.abs(self.coef_).copy()
+        a[list(self.strata)] = 0.0
+        return a, a
+
+    def _meta(self):
+        return {"C": self.C, "columns": self.columns, "components": self.components, "strata": list(self.strata)}
+
+    def _load_meta(self, meta, field):
+        self.C = float(need_number(meta.get("C", 1.0), f"{field}.C", lo=0.0))
+        self.columns = need_int(need_key(meta, "columns", field), f"{field}.columns", lo=1)
+        self.components = need_int(need_key(meta, "components", field), f"{field}.components", lo=1)
+        strata = need_list(meta.get("strata", []), f"{field}.strata")
+        self.strata = tuple(need_int(i, f"{field}.strata[{j}]", lo=0) for j, i in enumerate(strata))
+
+
 class SVMClassifier(_NumpyClassifier):
     """RBF support vector machine with deterministic Platt-scaled probabilities (numpy inference)."""
 
@@ -495,7 +574,8 @@ def _check_saved(a: dict, name: str, shape: tuple) -> np.ndarray:
     return check_array(a[name], name, shape)
 
 
-_CLASSES = {"xgboost": XGBoostClassifier, "logreg": LogisticClassifier, "svm": SVMClassifier,
+_CLASSES = {"xgboost": XGBoostClassifier, "logreg": LogisticClassifier, "spca": SupervisedPCAClassifier,
+            "svm": SVMClassifier,
             "mlp": MLPClassifier}
 
 

@@ -50,7 +50,7 @@ SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
 POOLED = "pooled"
 PARTIAL = "partially pooled"  # the pooled model refitted with the subtype as an input
-SUBTYPE_INPUT = "subtype"  # the partially pooled model's clinical column that the routed subtype fills in
+SUBTYPE_INPUT = recipes.SUBTYPE  # the partially pooled model's clinical column that the routed subtype fills in
 PARTIAL_DIR = "partial"  # its folder inside a bundle
 
 
@@ -84,6 +84,7 @@ class TrainConfig:
     choice: str = recipes.ONE_SE  # "1se": simplest recipe within 1 SE of the best inner-CV AUC; "best"
     repeats: int = 1  # repeats of the outer CV (cross_validate)
     deep_components: int = 32  # principal components the deep.* tile columns are reduced to before fusion
+    strata: str | None = None  # a clinical column (the subtype) whose levels the classifier centres within
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -103,15 +104,17 @@ class TrainConfig:
         return cls(**known)
 
     def with_recipe(self, r: "recipes.Recipe") -> "TrainConfig":
-        """This config with recipe ``r``'s fusion, selection and classifier (and ``recipe`` set to its name)."""
-        return TrainConfig.from_dict({**self.to_dict(), **r.overrides(), "recipe": r.name})
+        """This config with recipe ``r``'s fusion, selection and classifier (and ``recipe`` set to its name);
+        a recipe's strata column becomes the last clinical input."""
+        clinical = [*self.clinical, *([r.strata] if r.strata and r.strata not in self.clinical else [])]
+        return TrainConfig.from_dict({**self.to_dict(), **r.overrides(), "recipe": r.name, "clinical": clinical})
 
     def candidates(self) -> list[tuple[str, "TrainConfig"]]:
         """(name, fixed config) of every recipe this config trains or chooses among."""
         if self.recipe == recipes.FIXED:
             return [(recipes.FIXED, self)]
         if self.recipe == recipes.AUTO:
-            names = self.grid or recipes.NAMES
+            names = self.grid or recipes.AUTO_NAMES
             if recipes.GRID[0].name not in names:  # the method's own recipe is always a candidate
                 names = (recipes.GRID[0].name, *names)
             return [(n, self.with_recipe(recipes.get(n))) for n in names]
@@ -608,21 +611,32 @@ class ModelBundle:
             return self.subtype_models[str(name)], str(name)
         if name is not None and self.partial is not None and str(name) in self.partial_subtypes:
             return self.partial_for(str(name)), str(name)
+        if name is not None and self.needs_subtype:
+            return self.with_subtype(str(name)), POOLED
         return self, POOLED
+
+    @property
+    def needs_subtype(self) -> bool:
+        """Whether the classifier centres within the slide's subtype (a subtype-stratified recipe)."""
+        return self.config.get("strata") == SUBTYPE_INPUT and self.clinical is not None \
+            and SUBTYPE_INPUT in self.clinical.columns
+
+    def with_subtype(self, name: str | None) -> "ModelBundle":
+        """This model with its subtype input fixed to ``name`` (None: no level), e.g. a subtype model's vote."""
+        key = None if name is None else str(name)
+        if key not in self._partial_views:
+            enc = self.clinical.with_given({SUBTYPE_INPUT: None if key is None else subtype_level(key)})
+            self._partial_views[key] = ModelBundle(
+                self.feature_names, self.fusion, self.selection, self.classifier, {**self.config, "subtype": key},
+                self.importance, clinical=enc, package_version=self.package_version,
+                schema_version=self.schema_version, calibrator=self.calibrator)
+        return self._partial_views[key]
 
     def partial_for(self, name: str | None) -> "ModelBundle":
         """The partially pooled model with its subtype input fixed to ``name`` (None: no level)."""
         if self.partial is None:
             raise ModelError("this model has no partially pooled model")
-        key = None if name is None else str(name)
-        if key not in self._partial_views:
-            p = self.partial
-            enc = p.clinical.with_given({SUBTYPE_INPUT: None if key is None else subtype_level(key)})
-            self._partial_views[key] = ModelBundle(
-                p.feature_names, p.fusion, p.selection, p.classifier, {**p.config, "subtype": key}, p.importance,
-                clinical=enc, package_version=p.package_version, schema_version=p.schema_version,
-                calibrator=p.calibrator)
-        return self._partial_views[key]
+        return self.partial.with_subtype(name)
 
     # -- persistence -----------------------------------------------------
     def to_json(self) -> dict:
@@ -910,13 +924,17 @@ def _fit_head(fusion: Fusion, F: np.ndarray, y, config: TrainConfig, feature_nam
         enc = ClinicalEncoder.fit(clinical if clinical is not None else pd.DataFrame(), config.clinical)
         X = np.concatenate([X, enc.transform(clinical.reset_index(drop=True), n)], axis=1)
         info = pd.concat([info, _clinical_info(enc)], ignore_index=True)
+    params = dict(config.classifier_params or {})
+    if config.strata and enc is not None:  # the one-hot columns of the strata's levels, after the selected elements
+        params["strata"] = [X.shape[1] - len(enc.names) + i for i, nm in enumerate(enc.names)
+                            if nm.startswith(f"clinical.{config.strata}=")]
     clf = make_classifier(config.classifier, seed=config.seed, nthread=config.nthread,
-                          params=config.classifier_params).fit(X, y, groups=groups)
+                          params=params or None).fit(X, y, groups=groups)
     names = list(sel.names) + (enc.names if enc else [])
     imp = _importance(clf, X, y, names, info)
     cfg = config.to_dict()
     for k in ("recipe", "grid", "classifier_params", "calibration", "inner_cv", "repeats", "deep_components",
-              "inner_repeats", "choice"):
+              "inner_repeats", "choice", "strata"):
         if cfg[k] == TrainConfig.__dataclass_fields__[k].default:
             del cfg[k]  # fixed-recipe, uncalibrated bundles record the config as before
     if config.classifier == "xgboost":
@@ -950,6 +968,17 @@ class InnerCV:
         return float(np.std(a, ddof=1) / np.sqrt(self.folds_per_repeat)) if len(a) >= 2 else 0.0
 
 
+def candidates(config: TrainConfig, clinical: pd.DataFrame | None) -> list[tuple[str, TrainConfig]]:
+    """``config.candidates()``; when choosing (``recipe="auto"``), less the recipes whose strata column
+    ``clinical`` lacks or gives fewer than two levels."""
+    def usable(cfg: TrainConfig) -> bool:
+        return not cfg.strata or (clinical is not None and cfg.strata in clinical.columns
+                                  and clinical[cfg.strata].dropna().nunique() > 1)
+
+    cands = config.candidates()
+    return [(n, c) for n, c in cands if usable(c)] if config.recipe == recipes.AUTO else cands
+
+
 def _inner_cv(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
               groups: np.ndarray | None) -> InnerCV:
     """Per candidate recipe: the ROC-AUC of every inner test fold and the inner out-of-fold probabilities.
@@ -959,7 +988,7 @@ def _inner_cv(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFr
     repeat is the single inner CV of before); each fusion is fitted once per inner
     fold on its training part and shared by the recipes that use it.
     """
-    cands = config.candidates()
+    cands = candidates(config, clinical)
     repeats = max(1, int(config.inner_repeats))
     aucs: dict[str, list[float]] = {name: [] for name, _ in cands}
     oof = {name: np.full((repeats, len(y)), np.nan) for name, _ in cands}
@@ -1016,7 +1045,7 @@ MIN_PER_CLASS_FOR_INNER_CV = 4
 def _train_calibrated(tables, y, config: TrainConfig, feature_names, clinical: pd.DataFrame | None,
                       groups: np.ndarray | None) -> ModelBundle:
     """Choose the recipe by inner CV (when there is a choice), fit it on all slides, add the calibrator."""
-    cands = config.candidates()
+    cands = candidates(config, clinical)
     if config.fusion == recipes.MIL_FUSION and config.recipe == recipes.FIXED:
         # the logistic head is fitted on the network's inner-CV log-odds: it is the (Platt) calibration
         bundle = _train_single(tables, y, config, feature_names, clinical, groups)
@@ -1087,6 +1116,8 @@ def train_model(tables: Sequence[pd.DataFrame], labels, config: TrainConfig | No
                           f"negative and {counts[1]} positive")
     if clinical is not None:
         clinical = clinical.reset_index(drop=True)
+    if subtypes is not None:  # an input of the recipes that centre within subtype
+        clinical = _with_subtype(clinical, [None if pd.isna(v) else v for v in subtypes])
     groups = _check_groups(groups, len(y))
     check_stop(should_stop)
     bundle = _train_calibrated(tables, y, config, feature_names, clinical, groups)
@@ -1108,7 +1139,7 @@ def _subtype_config(config: TrainConfig, pooled: ModelBundle) -> TrainConfig:
     base = {**config.to_dict(), "per_subtype": False}
     name = pooled.config.get("recipe")
     if name in recipes.NAMES:
-        return TrainConfig.from_dict({**base, **recipes.get(name).overrides(), "recipe": name})
+        return TrainConfig.from_dict(base).with_recipe(recipes.get(name))
     return TrainConfig.from_dict({**base, "recipe": recipes.FIXED})
 
 
@@ -1155,7 +1186,8 @@ def _with_subtype(clinical: pd.DataFrame | None, st: Sequence) -> pd.DataFrame:
 
 def _partial_config(config: TrainConfig) -> TrainConfig:
     """``config`` with the subtype as its last clinical column."""
-    return TrainConfig.from_dict({**config.to_dict(), "clinical": [*config.clinical, SUBTYPE_INPUT]})
+    clinical = [c for c in config.clinical if c != SUBTYPE_INPUT]
+    return TrainConfig.from_dict({**config.to_dict(), "clinical": [*clinical, SUBTYPE_INPUT]})
 
 
 def _train_partial(tables, y, st: np.ndarray, config: TrainConfig, feature_names, clinical,
@@ -1402,6 +1434,8 @@ def cross_validate(tables: Sequence[pd.DataFrame], labels, groups=None, config: 
     g = _check_groups(groups, len(y))
     routed = config.per_subtype and subtypes is not None
     st = None if subtypes is None else [None if pd.isna(s) else str(s) for s in subtypes]
+    if st is not None:  # the test slides' subtype, for the recipes that centre within it
+        clinical = _with_subtype(clinical, st)
     runs = {k: np.full((repeats, len(y)), np.nan) for k in ("oof", "img", "pool", "raw", "part")}
     picks: dict[str, dict[str, int]] = {}  # per subtype: how many outer folds routed it to each model
     fold_aucs, n_sel, msgs, chosen, methods, first_fold, grouped = [], [], [], [], set(), None, False

@@ -4,7 +4,12 @@ A recipe overrides the fusion / selection / classifier fields of a
 :class:`napari_lnm.model.TrainConfig`. ``"seed"`` is the method's own recipe
 (5-bin histogram fusion, KS selection, XGBoost) and is always in the grid; the
 others suit small cohorts (fewer, smoother elements and regularised linear
-models). :func:`napari_lnm.model.train_model` with ``recipe="auto"`` scores every
+models). A recipe with ``strata`` (``mean-spca-subtype``, opt-in: :data:`OPT_IN`)
+is a candidate only when the training slides have a subtype (the cohort's
+``subtype`` column): its
+classifier centres every element within the slide's subtype, so prediction needs
+the slide's subtype (``predict --clinical`` with a ``subtype`` column, or the
+subtype model's vote); without one, the slide is centred on the training mean. :func:`napari_lnm.model.train_model` with ``recipe="auto"`` scores every
 recipe by patient-grouped inner cross-validation on its training slides only,
 repeated ``TrainConfig.inner_repeats`` times with different inner splits, and
 keeps, by the one-standard-error rule (:data:`ONE_SE`), the simplest recipe in
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-AUTO = "auto"  # choose among GRID by inner CV
+AUTO = "auto"  # choose among AUTO_NAMES (or TrainConfig.grid) by inner CV
 FIXED = "fixed"  # use the TrainConfig's own fusion / selection / classifier fields
 MIL_FUSION = "abmil"  # fusion of the attention-MIL slide model (``napari_lnm.mil.MILFusion``), a fixed recipe
 
@@ -33,12 +38,13 @@ class Recipe:
     classifier: str
     top_q: int | None = None
     params: dict = field(default_factory=dict, hash=False)
+    strata: str | None = None  # a clinical column whose levels the classifier centres within (None: no strata)
 
     def overrides(self) -> dict:
-        """The TrainConfig fields this recipe sets."""
+        """The TrainConfig fields this recipe sets (the strata column is added to the clinical inputs)."""
         return {"fusion": self.fusion, "bins": self.bins, "edges": "quantile", "test": self.test,
                 "alpha": 0.05, "top_q": self.top_q, "classifier": self.classifier,
-                "classifier_params": dict(self.params) or None}
+                "classifier_params": dict(self.params) or None, "strata": self.strata}
 
     def describe(self) -> str:
         """e.g. 'mean fusion, no selection, logreg (C=0.1)'."""
@@ -46,9 +52,11 @@ class Recipe:
         sel = "no selection" if self.test == "none" else (
             f"top {self.top_q} by {self.test}" if self.top_q else f"{self.test} selection")
         par = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{fus} fusion, {sel}, {self.classifier}{f' ({par})' if par else ''}"
+        within = f", centred within {self.strata}" if self.strata else ""
+        return f"{fus} fusion, {sel}, {self.classifier}{f' ({par})' if par else ''}{within}"
 
 
+SUBTYPE = "subtype"  # the cohort's subtype column, given to the classifier as a clinical input by ``train``
 SHALLOW_XGB = {"max_depth": 2, "eta": 0.05, "min_child_weight": 3.0, "subsample": 0.8, "colsample_bytree": 0.5}
 
 GRID: tuple[Recipe, ...] = (
@@ -60,14 +68,22 @@ GRID: tuple[Recipe, ...] = (
     Recipe("quantile-none-logreg", "quantile", 5, "none", "logreg", params={"C": 0.02}),
     Recipe("hist3-ks-logreg", "histogram", 3, "ks", "logreg", params={"C": 0.05}),
     Recipe("mean-ks-xgb-shallow", "mean", 5, "ks", "xgboost", params=dict(SHALLOW_XGB)),
+    Recipe("mean-spca-subtype", "mean", 5, "none", "spca", params={"columns": 20, "components": 1, "C": 0.03},
+           strata=SUBTYPE),
 )
 NAMES: tuple[str, ...] = tuple(r.name for r in GRID)
+#: Recipes that ``--recipe NAME`` (or ``TrainConfig.grid``) trains but ``"auto"`` does not choose among by default:
+#: centring within subtype gained on one synthetic cohort and lost on the cohort kept to check it
+#: (docs/benchmarks.md, "Supervised PCA within subtype").
+OPT_IN: tuple[str, ...] = ("mean-spca-subtype",)
+AUTO_NAMES: tuple[str, ...] = tuple(n for n in NAMES if n not in OPT_IN)
 
 #: The order the one-standard-error rule prefers, simplest first: linear models before trees, and among them
-#: the fewest non-zero classifier weights first (measured on the issue-15 synth cohort at 48 / 128 training
+#: the fewest fitted weights first (supervised PCA: one slope on one component, plus the subtypes' centring;
+#: then by non-zero weights, measured on the issue-15 synth cohort at 48 / 128 training
 #: slides: elastic net 15 / 18 of 253, KS-selected means 53 / 94, KS-selected 3-bin histograms 98 / 219, all
 #: 253 means, 759 quantiles), then the shallow XGBoost and the method's own 5-bin histogram XGBoost.
-SIMPLEST_FIRST: tuple[str, ...] = ("mean-none-enet", "mean-ks-logreg", "hist3-ks-logreg", "mean-none-logreg",
+SIMPLEST_FIRST: tuple[str, ...] = ("mean-spca-subtype", "mean-none-enet", "mean-ks-logreg", "hist3-ks-logreg", "mean-none-logreg",
                                    "quantile-none-logreg", "mean-ks-xgb-shallow", "seed")
 ONE_SE = "1se"  # choice rule: the simplest recipe within one standard error of the best inner-CV AUC
 BEST = "best"  # choice rule: the best inner-CV AUC

@@ -196,11 +196,15 @@ def run(args) -> int:
 
         subtype_model = SubtypeModel.load(args.subtype_model)
     batch = len(jobs) > 1 or bool(args.cohort)
-    clinical = _read_clinical(Path(args.clinical), bundle, jobs) if args.clinical else {}
-    if getattr(bundle, "clinical", None) is not None and not args.clinical:
+    # a model that centres within subtype takes the subtype from --subtype-model's vote when there is one
+    asks = bundle.with_subtype(None) if args.subtype_model and bundle.needs_subtype else bundle
+    clinical = _read_clinical(Path(args.clinical), asks, jobs) if args.clinical else {}
+    if asks.clinical is not None and asks.clinical.columns and not args.clinical:
         print(f"warning: {args.model} was trained with clinical columns "
-              f"({', '.join(bundle.clinical.columns)}) but no --clinical CSV was given; predict uses the image "
-              "only and treats them as missing", file=sys.stderr)
+              f"({', '.join(asks.clinical.columns)}) but no --clinical CSV was given; predict uses the image "
+              "only and treats them as missing" + (" (no subtype: the slide is centred on the training mean; "
+                                                   "give a subtype column or --subtype-model)"
+                                                   if bundle.needs_subtype else ""), file=sys.stderr)
     run_key = _run_key(args, config)
     mark_out_dir(out_root, PREDICTION)
     rows, failed = [], []

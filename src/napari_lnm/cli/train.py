@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from napari_lnm.calibration import ISOTONIC_MIN_SLIDES
+from napari_lnm.classifiers import CLASSIFIERS
 from napari_lnm.errors import UserError
 from napari_lnm.recipe import AUTO, CHOICES, FIXED, MIL_FUSION, NAMES, ONE_SE
 
@@ -45,7 +46,7 @@ def add_parser(subparsers) -> None:
                    help="selection test of a fixed recipe (default ks)")
     p.add_argument("--alpha", type=float, default=None, help="keep elements with p < alpha (default 0.05)")
     p.add_argument("--top-q", type=int, default=None, help="keep the Q elements with the smallest p instead")
-    p.add_argument("--classifier", default=None, choices=["xgboost", "logreg", "svm", "mlp", MIL_FUSION],
+    p.add_argument("--classifier", default=None, choices=[*CLASSIFIERS, MIL_FUSION],
                    help="classifier of a fixed recipe (default xgboost); 'abmil': attention-based multiple-instance "
                         "learning on the per-tile embeddings (the deep.* columns, else every tile feature), its "
                         "settings chosen by inner CV, a logistic head on its slide log-odds, attention = key tiles")
