@@ -47,6 +47,8 @@ CONFIGS = {
     "mean + none + logreg, fixed": dict(recipe="mean-none-logreg"),
     "mean + none + elastic net + Platt, fixed": dict(recipe="mean-none-enet", calibration="auto"),
     "mean + supervised PCA within subtype + Platt, fixed": dict(recipe="mean-spca-subtype", calibration="auto"),
+    "mean + elastic net blended with supervised PCA within subtype + Platt, fixed":
+        dict(recipe="mean-blend-subtype", calibration="auto"),
 }
 
 

@@ -55,6 +55,26 @@ def test_spca_is_one_linear_model_equal_to_its_steps(tmp_path):
     np.testing.assert_array_equal(back.predict_proba(X), c.predict_proba(X))
 
 
+def test_blend_is_the_sum_of_its_parts_in_sd_units(tmp_path):
+    """blend = elastic net (non-stratum columns) / its SD + supervised PCA within strata / its SD, shifted."""
+    from napari_lnm.classifiers import LogisticClassifier, SupervisedPCAClassifier
+
+    X, y, _, _ = _stratified(seed=2)
+    c = make_classifier("blend", params={"strata": (30, 31, 32)}).fit(X, y)
+    net = LogisticClassifier(0, C=0.1, penalty="elasticnet", l1_ratio=0.5).fit(X[:, :30], y)
+    pca = SupervisedPCAClassifier(0, columns=20, components=1, C=0.03, strata=(30, 31, 32)).fit(X, y)
+    z = c._z(X)
+    a = z[:, :30] @ net.coef_ + net.intercept_[0]
+    b = z @ pca.coef_ + pca.intercept_[0]
+    logit = z @ c.coef_ + c.intercept_[0]
+    blended = a / a.std() + b / b.std()
+    np.testing.assert_allclose(logit - blended, (logit - blended)[0], atol=1e-9)  # the same score, shifted
+    assert np.all(c.importance()[0][30:] == 0)
+    meta = c.save(tmp_path)
+    assert meta["kind"] == "blend" and meta["spca_C"] == 0.03 and meta["l1_ratio"] == 0.5
+    np.testing.assert_array_equal(load_classifier(tmp_path, meta, n_inputs=33).predict_proba(X), c.predict_proba(X))
+
+
 def test_centring_within_strata_removes_a_shift_of_a_whole_stratum():
     """Adding a constant to every column of one stratum's rows changes nothing once centred within strata."""
     X, y, st, sev = _stratified(seed=1)
@@ -76,18 +96,21 @@ def _subtyped_tables(n_slides: int = 40, seed: int = 3):
     return tables, y, st
 
 
-def test_the_subtype_recipe_is_opt_in_and_needs_subtypes():
-    """Not in the default grid; in a grid that names it, a candidate only when the slides have subtypes."""
+def test_subtype_recipes_need_subtypes_and_supervised_pca_alone_is_opt_in():
+    """The blend is in the default grid but a candidate only when the slides have subtypes; supervised PCA
+    alone is opt-in (a grid must name it)."""
     tables, y, st = _subtyped_tables()
-    assert "mean-spca-subtype" in recipes.NAMES and "mean-spca-subtype" not in recipes.AUTO_NAMES
+    assert "mean-blend-subtype" in recipes.AUTO_NAMES and "mean-spca-subtype" not in recipes.AUTO_NAMES
+    assert recipes.SIMPLEST_FIRST[0] == "mean-blend-subtype"
     cfg = TrainConfig(recipe="auto", calibration="auto", inner_repeats=1, n_bootstrap=50)
+    without = train_model(tables, y, cfg)
+    assert "mean-blend-subtype" not in without.config["recipe_scores"] and not without.needs_subtype
     default = train_model(tables, y, cfg, subtypes=st)
-    assert "mean-spca-subtype" not in default.config["recipe_scores"] and not default.needs_subtype
+    assert "mean-blend-subtype" in default.config["recipe_scores"]
+    assert "mean-spca-subtype" not in default.config["recipe_scores"]
     named = TrainConfig(recipe="auto", grid=("mean-none-enet", "mean-spca-subtype"), calibration="auto",
                         inner_repeats=1, n_bootstrap=50)
-    assert "mean-spca-subtype" not in train_model(tables, y, named).config["recipe_scores"]
     assert "mean-spca-subtype" in train_model(tables, y, named, subtypes=st).config["recipe_scores"]
-    assert recipes.SIMPLEST_FIRST[0] == "mean-spca-subtype"
     with pytest.raises(CohortError, match="subtype"):  # fixing the recipe by hand needs the column
         train_model(tables, y, TrainConfig(recipe="mean-spca-subtype"))
 

@@ -17,6 +17,7 @@ log-odds with the bias last; ``importance() -> (fscore, gain)`` per column;
   median). Saved in ``params.npz``; contribution = coef * z.
 - ``spca``: supervised principal components (optionally centred within one-hot
   strata) with a logistic link; linear, so saved and explained as ``logreg``.
+- ``blend``: the elastic net and ``spca`` blended into one linear model (saved the same way).
 - ``svm``: RBF SVM; probabilities by Platt scaling fitted on internal
   cross-validated decision values (deterministic). Saved support vectors, dual
   coefficients, intercept, gamma, Platt A, B.
@@ -36,7 +37,7 @@ from napari_lnm._fields import FieldError, check_array, fail, need_dict, need_in
     need_str, inside
 from napari_lnm.errors import ModelError
 
-CLASSIFIERS = ("xgboost", "logreg", "spca", "svm", "mlp")
+CLASSIFIERS = ("xgboost", "logreg", "spca", "blend", "svm", "mlp")
 #: XGBoost trains on one thread below this many input cells (slides x columns): faster, identical trees.
 SMALL_FIT_CELLS = 1_000_000
 
@@ -448,6 +449,60 @@ class SupervisedPCAClassifier(LogisticClassifier):
         self.strata = tuple(need_int(i, f"{field}.strata[{j}]", lo=0) for j, i in enumerate(strata))
 
 
+class BlendClassifier(SupervisedPCAClassifier):
+    """The elastic net on the non-stratum columns and supervised PCA within strata, blended: one linear model.
+
+    Each part's training logits are divided by their SD and summed; that sum,
+    shifted to the class boundary of a logistic regression (C = 1, balanced) on
+    it, is the logit (calibrate it: ``train`` does by default). The result is saved as one ``coef`` / ``intercept`` on the standardised inputs like
+    ``logreg``. ``C`` / ``l1_ratio``: the elastic net's; ``columns`` /
+    ``components`` / ``spca_C``: the supervised PCA's (see those classes).
+    """
+
+    kind = "blend"
+
+    def __init__(self, seed=0, nthread=1, C: float = 0.1, l1_ratio: float = 0.5, columns: int = 20,
+                 components: int = 1, spca_C: float = 0.03, strata: tuple[int, ...] = ()):
+        super().__init__(seed, nthread, columns=columns, components=components, C=C, strata=strata)
+        self.l1_ratio, self.spca_C = float(l1_ratio), float(spca_C)
+
+    def fit(self, X, y, groups=None):
+        """Fit both parts on X (standardised alike), then the blend's slope and intercept."""
+        from sklearn.linear_model import LogisticRegression
+
+        y = np.asarray(y).astype(int)
+        X = np.asarray(X, dtype=np.float64)
+        Z = self._fit_scaler(X)
+        free = np.setdiff1d(np.arange(Z.shape[1]), np.array(sorted(set(self.strata)), dtype=int))
+        net = LogisticClassifier(self.seed, C=self.C, penalty="elasticnet", l1_ratio=self.l1_ratio).fit(X[:, free], y)
+        pca = SupervisedPCAClassifier(self.seed, columns=self.columns, components=self.components, C=self.spca_C,
+                                      strata=self.strata).fit(X, y)
+        w_net = np.zeros(Z.shape[1])
+        w_net[free] = net.coef_
+        parts = [(w_net, net.intercept_[0]), (pca.coef_, pca.intercept_[0])]
+        coef, bias = np.zeros(Z.shape[1]), 0.0
+        for w, b in parts:  # the same standardisation, so the logits add on one scale once divided by their SD
+            sd = float(np.std(Z @ w + b)) or 1.0
+            coef, bias = coef + w / sd, bias + b / sd
+        # the logit is the blended score in SD units (its scale does not grow with the training set, unlike an
+        # in-sample slope), shifted so that 0 is where a logistic regression on it puts the class boundary
+        head = LogisticRegression(C=1.0, class_weight="balanced", random_state=self.seed)
+        head.fit((Z @ coef + bias)[:, None], y)
+        self.coef_ = coef
+        self.intercept_ = np.array([bias + float(head.intercept_[0]) / max(float(head.coef_[0, 0]), 1e-12)])
+        self.kept_ = pca.kept_
+        self._sk = head
+        return self
+
+    def _meta(self):
+        return {**super()._meta(), "l1_ratio": self.l1_ratio, "spca_C": self.spca_C}
+
+    def _load_meta(self, meta, field):
+        super()._load_meta(meta, field)
+        self.l1_ratio = float(need_number(meta.get("l1_ratio", 0.5), f"{field}.l1_ratio", lo=0.0, hi=1.0))
+        self.spca_C = float(need_number(meta.get("spca_C", 0.03), f"{field}.spca_C", lo=0.0))
+
+
 class SVMClassifier(_NumpyClassifier):
     """RBF support vector machine with deterministic Platt-scaled probabilities (numpy inference)."""
 
@@ -575,7 +630,7 @@ def _check_saved(a: dict, name: str, shape: tuple) -> np.ndarray:
 
 
 _CLASSES = {"xgboost": XGBoostClassifier, "logreg": LogisticClassifier, "spca": SupervisedPCAClassifier,
-            "svm": SVMClassifier,
+            "blend": BlendClassifier, "svm": SVMClassifier,
             "mlp": MLPClassifier}
 
 

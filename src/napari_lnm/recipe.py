@@ -4,15 +4,18 @@ A recipe overrides the fusion / selection / classifier fields of a
 :class:`napari_lnm.model.TrainConfig`. ``"seed"`` is the method's own recipe
 (5-bin histogram fusion, KS selection, XGBoost) and is always in the grid; the
 others suit small cohorts (fewer, smoother elements and regularised linear
-models). A recipe with ``strata`` (``mean-spca-subtype``, opt-in: :data:`OPT_IN`)
-is a candidate only when the training slides have a subtype (the cohort's
-``subtype`` column): its
-classifier centres every element within the slide's subtype, so prediction needs
-the slide's subtype (``predict --clinical`` with a ``subtype`` column, or the
-subtype model's vote); without one, the slide is centred on the training mean. :func:`napari_lnm.model.train_model` with ``recipe="auto"`` scores every
-recipe by patient-grouped inner cross-validation on its training slides only,
-repeated ``TrainConfig.inner_repeats`` times with different inner splits, and
-keeps, by the one-standard-error rule (:data:`ONE_SE`), the simplest recipe in
+models). A recipe with ``strata`` (``mean-blend-subtype``; ``mean-spca-subtype``,
+opt-in: :data:`OPT_IN`) is a candidate only when the training slides have a
+subtype (the cohort's ``subtype`` column): its classifier centres every element
+within the slide's subtype, so prediction needs the slide's subtype
+(``predict --clinical`` with a ``subtype`` column, or the subtype model's vote);
+without one, the slide is centred on the training mean.
+
+:func:`napari_lnm.model.train_model` with ``recipe="auto"`` scores every recipe
+of :data:`AUTO_NAMES` (or of ``TrainConfig.grid``) by patient-grouped inner
+cross-validation on its training slides only, repeated
+``TrainConfig.inner_repeats`` times with different inner splits, and keeps, by
+the one-standard-error rule (:data:`ONE_SE`), the first recipe in
 :data:`SIMPLEST_FIRST` whose mean inner-CV AUC is within one standard error of
 the best one's; ``TrainConfig.choice="best"`` keeps the best (ties: the earlier
 one in :data:`GRID`).
@@ -70,21 +73,25 @@ GRID: tuple[Recipe, ...] = (
     Recipe("mean-ks-xgb-shallow", "mean", 5, "ks", "xgboost", params=dict(SHALLOW_XGB)),
     Recipe("mean-spca-subtype", "mean", 5, "none", "spca", params={"columns": 20, "components": 1, "C": 0.03},
            strata=SUBTYPE),
+    Recipe("mean-blend-subtype", "mean", 5, "none", "blend", strata=SUBTYPE),
 )
 NAMES: tuple[str, ...] = tuple(r.name for r in GRID)
 #: Recipes that ``--recipe NAME`` (or ``TrainConfig.grid``) trains but ``"auto"`` does not choose among by default:
-#: centring within subtype gained on one synthetic cohort and lost on the cohort kept to check it
-#: (docs/benchmarks.md, "Supervised PCA within subtype").
+#: supervised PCA within subtype alone gained on one synthetic cohort and lost on two others; blended with the
+#: elastic net (``mean-blend-subtype``, in the default grid) it gained on all four (docs/benchmarks.md).
 OPT_IN: tuple[str, ...] = ("mean-spca-subtype",)
 AUTO_NAMES: tuple[str, ...] = tuple(n for n in NAMES if n not in OPT_IN)
 
-#: The order the one-standard-error rule prefers, simplest first: linear models before trees, and among them
-#: the fewest fitted weights first (supervised PCA: one slope on one component, plus the subtypes' centring;
-#: then by non-zero weights, measured on the issue-15 synth cohort at 48 / 128 training
-#: slides: elastic net 15 / 18 of 253, KS-selected means 53 / 94, KS-selected 3-bin histograms 98 / 219, all
-#: 253 means, 759 quantiles), then the shallow XGBoost and the method's own 5-bin histogram XGBoost.
-SIMPLEST_FIRST: tuple[str, ...] = ("mean-spca-subtype", "mean-none-enet", "mean-ks-logreg", "hist3-ks-logreg", "mean-none-logreg",
-                                   "quantile-none-logreg", "mean-ks-xgb-shallow", "seed")
+#: The order the one-standard-error rule prefers: first the blend of the elastic net with supervised PCA within
+#: subtype (a candidate only when the slides have subtypes; a linear model with the elastic net's weights plus 20
+#: columns, the steadiest at 60 slides), then the rest simplest first: linear models before trees, and among
+#: them the fewest fitted weights first (supervised PCA: one slope on one component, plus the subtypes'
+#: centring; then by non-zero weights, measured on the issue-15 synth cohort at 48 / 128 training slides:
+#: elastic net 15 / 18 of 253, KS-selected means 53 / 94, KS-selected 3-bin histograms 98 / 219, all 253 means,
+#: 759 quantiles), then the shallow XGBoost and the method's own 5-bin histogram XGBoost.
+SIMPLEST_FIRST: tuple[str, ...] = ("mean-blend-subtype", "mean-spca-subtype", "mean-none-enet", "mean-ks-logreg",
+                                   "hist3-ks-logreg", "mean-none-logreg", "quantile-none-logreg",
+                                   "mean-ks-xgb-shallow", "seed")
 ONE_SE = "1se"  # choice rule: the simplest recipe within one standard error of the best inner-CV AUC
 BEST = "best"  # choice rule: the best inner-CV AUC
 CHOICES: tuple[str, ...] = (ONE_SE, BEST)
