@@ -71,6 +71,15 @@ def oracle_auc(y: np.ndarray, severity: np.ndarray, seed: int) -> float:
     return roc_auc(y, p)
 
 
+def parse_seeds(text: str) -> list[int]:
+    """'0-3', '0,1,2,3' or '0-2,7' -> the seeds as a list of ints."""
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    return out
+
+
 def subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of a stratified random subset of n slides (all of them when n >= len(y))."""
     if n >= len(y):

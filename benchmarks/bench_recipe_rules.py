@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from bench_recipe import latent_severity, oracle_auc, subset  # noqa: E402
+from bench_recipe import latent_severity, oracle_auc, parse_seeds, subset  # noqa: E402
 from napari_lnm import recipe as recipes  # noqa: E402
 from napari_lnm.calibration import Calibrator, ece_noise_floor, expected_calibration_error  # noqa: E402
 from napari_lnm.classifiers import inner_folds  # noqa: E402
@@ -169,14 +169,6 @@ def _slope(ys, ps) -> float:
     return float(LogisticRegression(C=1e6).fit(_logit(p)[:, None], y).coef_[0][0])
 
 
-def _seeds(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohort", required=True)
@@ -206,7 +198,7 @@ def main(argv=None) -> int:
     cals = ["platt", "platt-pairs", "platt-1", "isotonic", "beta", "temperature", "platt-scaled", "none"]
     for n in [int(v) for v in args.sizes.split(",") if v]:
         data = []
-        for seed in _seeds(args.seeds):
+        for seed in parse_seeds(args.seeds):
             path = cache / f"n{n}_s{seed}_r{R}.pkl"
             if not path.exists():
                 t0 = time.perf_counter()

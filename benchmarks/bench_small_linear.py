@@ -29,7 +29,7 @@ import warnings
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
-from bench_recipe import latent_severity, oracle_auc, subset  # noqa: E402
+from bench_recipe import latent_severity, oracle_auc, parse_seeds, subset  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
 from napari_lnm.engine import META_COLUMNS  # noqa: E402
@@ -100,14 +100,6 @@ def fold_scores(x, y, st, tr, te, centre: bool, learner) -> np.ndarray:
     return learner(z, y[tr], zt) / (np.std(learner(z, y[tr], z)) or 1.0)
 
 
-def seeds_arg(s: str) -> list[int]:
-    """'0-3' or '0,1,2,3' -> [0, 1, 2, 3]."""
-    if "-" in s:
-        a, b = s.split("-")
-        return list(range(int(a), int(b) + 1))
-    return [int(v) for v in s.split(",") if v]
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cohort", required=True)
@@ -130,7 +122,7 @@ def main(argv=None) -> int:
     print("| slides | seeds | learner | features | mean gap to oracle (worst) | seeds within 0.04 |\n"
           "|---|---|---|---|---|---|")
     for n in [int(v) for v in args.sizes.split(",") if v]:
-        seeds = seeds_arg(args.seeds)
+        seeds = parse_seeds(args.seeds)
         gaps: dict[tuple[str, bool], list[float]] = {}
         for seed in seeds:
             idx = subset(y, n, seed)

@@ -50,7 +50,7 @@ SCHEMA_VERSION = 1
 BUNDLE_FILE = "bundle.json"
 POOLED = "pooled"
 PARTIAL = "partially pooled"  # the pooled model refitted with the subtype as an input
-SUBTYPE_INPUT = recipes.SUBTYPE  # the partially pooled model's clinical column that the routed subtype fills in
+SUBTYPE_INPUT = recipes.SUBTYPE  # the clinical column the slide's subtype fills in (partial and subtype recipes)
 PARTIAL_DIR = "partial"  # its folder inside a bundle
 
 
@@ -621,6 +621,11 @@ class ModelBundle:
         return self.config.get("strata") == SUBTYPE_INPUT and self.clinical is not None \
             and SUBTYPE_INPUT in self.clinical.columns
 
+    def caller_inputs(self, subtype_voted: bool) -> "ModelBundle":
+        """The model whose clinical columns the caller supplies: without its subtype input when a subtype
+        model's vote fills that in (``subtype_voted``), else this model."""
+        return self.with_subtype(None) if subtype_voted and self.needs_subtype else self
+
     def with_subtype(self, name: str | None) -> "ModelBundle":
         """This model with its subtype input fixed to ``name`` (None: no level), e.g. a subtype model's vote."""
         key = None if name is None else str(name)
@@ -1178,7 +1183,7 @@ def subtype_level(name: str) -> str:
 
 
 def _with_subtype(clinical: pd.DataFrame | None, st: Sequence) -> pd.DataFrame:
-    """The clinical table (or none) with the partially pooled model's subtype column appended."""
+    """The clinical table (or none) with the subtype column (:data:`SUBTYPE_INPUT`) appended."""
     df = clinical.reset_index(drop=True).copy() if clinical is not None else pd.DataFrame(index=range(len(st)))
     df[SUBTYPE_INPUT] = pd.Series([None if v is None else subtype_level(v) for v in st], dtype=object)
     return df

@@ -220,9 +220,7 @@ def predict_slide(
         config = config.replace(deep=config.deep.check())
     _check_schema(bundle, config)
     stem = Path(str(getattr(slide_or_path, "path", slide_or_path))).stem
-    # a model that centres within subtype takes the subtype from the subtype model's vote when there is one
-    asks = bundle.with_subtype(None) if subtype_model is not None and bundle.needs_subtype else bundle
-    clin = check_clinical(asks, clinical, slide_id or stem, warn=False)
+    clin = check_clinical(bundle.caller_inputs(subtype_model is not None), clinical, slide_id or stem, warn=False)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     opened = isinstance(slide_or_path, (str, os.PathLike))

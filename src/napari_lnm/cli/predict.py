@@ -196,8 +196,7 @@ def run(args) -> int:
 
         subtype_model = SubtypeModel.load(args.subtype_model)
     batch = len(jobs) > 1 or bool(args.cohort)
-    # a model that centres within subtype takes the subtype from --subtype-model's vote when there is one
-    asks = bundle.with_subtype(None) if args.subtype_model and bundle.needs_subtype else bundle
+    asks = bundle.caller_inputs(bool(args.subtype_model))
     clinical = _read_clinical(Path(args.clinical), asks, jobs) if args.clinical else {}
     if asks.clinical is not None and asks.clinical.columns and not args.clinical:
         print(f"warning: {args.model} was trained with clinical columns "
