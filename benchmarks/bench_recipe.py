@@ -49,6 +49,8 @@ CONFIGS = {
     "mean + supervised PCA within subtype + Platt, fixed": dict(recipe="mean-spca-subtype", calibration="auto"),
     "mean + elastic net blended with supervised PCA within subtype + Platt, fixed":
         dict(recipe="mean-blend-subtype", calibration="auto"),
+    "mean + elastic net blended with supervised PCA within subtype, uncalibrated, fixed":
+        dict(recipe="mean-blend-subtype"),
 }
 
 

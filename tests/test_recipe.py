@@ -96,6 +96,33 @@ def test_calibration_on_a_known_signal():
     np.testing.assert_array_equal(back.apply(raw), iso.apply(raw))
 
 
+def test_platt_prior_shrinks_small_samples_toward_the_balanced_correction():
+    """The prior's centre is (1, log(n_pos / n_neg)) for a balanced classifier; it steadies fits on 48 slides."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(16), np.zeros(32)].astype(int)
+    huge = Calibrator.fit(y, rng.random(48), "platt", balanced=True, prior_slides=1e9)
+    assert huge.a == pytest.approx(1.0, abs=1e-4) and huge.b == pytest.approx(np.log(16 / 32), abs=1e-4)
+    assert Calibrator.fit(y, rng.random(48), "platt", prior_slides=1e9).b == pytest.approx(0.0, abs=1e-4)
+    fits = {0.0: [], 30.0: []}
+    for _ in range(100):
+        # a balanced classifier's logit: the true log-odds minus log(n_pos / n_neg), plus noise
+        z = rng.normal(0, 1.5, 48)
+        yy = (rng.random(48) < 1 / (1 + np.exp(-z))).astype(int)
+        raw = 1 / (1 + np.exp(-(z - np.log(max(yy.sum(), 1) / max(48 - yy.sum(), 1)))))
+        for w in fits:
+            c = Calibrator.fit(yy, raw, "platt", balanced=True, prior_slides=w)
+            fits[w].append([c.a, c.b])
+    plain, shrunk = np.array(fits[0.0]), np.array(fits[30.0])
+    assert np.all(shrunk.std(axis=0) < 0.7 * plain.std(axis=0))
+    cal = Calibrator.fit(yy, raw, "platt", balanced=True)
+    assert cal.prior == (1.0, pytest.approx(np.log(yy.sum() / (48 - yy.sum()))), 30.0)
+    back = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert back.prior == cal.prior
+    np.testing.assert_array_equal(back.apply(raw), cal.apply(raw))
+    old = {k: v for k, v in cal.to_dict().items() if k != "prior"}  # a bundle from before the prior
+    assert Calibrator.from_dict(old).prior is None
+
+
 def test_cross_validated_calibration_on_tables_with_signal():
     tables, y = feature_tables(60, 6, 5)
     rep = cross_validate(tables, y, config=TrainConfig(recipe="mean-ks-logreg", calibration="platt", cv=5,

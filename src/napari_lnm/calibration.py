@@ -1,8 +1,9 @@
 """Calibrated probabilities and operating points, as data (JSON) and pure numpy functions.
 
-- :class:`Calibrator`: Platt scaling (``sigmoid(a * logit(p) + b)``) or isotonic
-  regression (a step function stored as knots, applied with ``np.interp``) fitted
-  on out-of-fold scores; ``to_dict`` / ``from_dict`` JSON, never pickle.
+- :class:`Calibrator`: Platt scaling (``sigmoid(a * logit(p) + b)``, shrunk toward
+  the map a class-balanced classifier needs in theory) or isotonic regression (a
+  step function stored as knots, applied with ``np.interp``) fitted on out-of-fold
+  scores; ``to_dict`` / ``from_dict`` JSON, never pickle.
 - :func:`brier_score`, :func:`expected_calibration_error` (equal-width bins),
   :func:`ece_noise_floor` (the ECE perfectly calibrated probabilities score on
   this many slides), :func:`reliability_table` and :func:`save_reliability_png`.
@@ -24,6 +25,10 @@ from napari_lnm._fields import fail, need_array, need_dict, need_int, need_key, 
 METHODS = ("platt", "isotonic")
 #: Isotonic calibration only from this many training slides on; Platt (2 parameters) below.
 ISOTONIC_MIN_SLIDES = 300
+#: Weight of Platt's prior, in slides' worth of log-loss: a ridge on (a - 1, b - b0) with b0 = log(n_pos / n_neg)
+#: for a class-balanced classifier (0 otherwise). Each outer fold fits its own calibrator on a few dozen inner
+#: out-of-fold scores; unshrunk, the folds' maps scatter, and a slide's probability depends on its fold.
+PLATT_PRIOR_SLIDES = 30.0
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -45,15 +50,20 @@ class Calibrator:
     knots_x: np.ndarray = field(default_factory=lambda: np.zeros(0))  # isotonic: raw probabilities (sorted)
     knots_y: np.ndarray = field(default_factory=lambda: np.zeros(0))  # isotonic: calibrated values
     n: int = 0  # slides it was fitted on
+    prior: tuple[float, float, float] | None = None  # Platt: (a0, b0, weight in slides) it was shrunk toward
 
     @classmethod
-    def fit(cls, y, p, method: str = "auto", slides: int | None = None) -> "Calibrator":
+    def fit(cls, y, p, method: str = "auto", slides: int | None = None, balanced: bool = False,
+            prior_slides: float = PLATT_PRIOR_SLIDES) -> "Calibrator":
         """Fit on labels ``y`` and out-of-fold probabilities ``p``; ``auto``: isotonic from ISOTONIC_MIN_SLIDES on.
 
         ``slides``: how many distinct slides the (label, probability) pairs come
         from, when each slide gives several (repeated inner CVs, stacked); default
         ``len(y)``. It decides ``auto`` and sets Platt's smoothed targets, so
         stacking repeats does not make the fit more confident than its slides allow.
+        ``balanced``: ``p`` comes from a classifier fitted with class-balanced
+        weights, so Platt's prior intercept is log(n_pos / n_neg), not 0;
+        ``prior_slides``: the prior's weight (0: plain Platt).
         """
         y = np.asarray(y, dtype=np.float64)
         p = np.asarray(p, dtype=np.float64)
@@ -61,8 +71,11 @@ class Calibrator:
         if method == "auto":
             method = "isotonic" if slides >= ISOTONIC_MIN_SLIDES else "platt"
         if method == "platt":
-            a, b = _platt(y, _logit(p), slides / max(len(y), 1))
-            return cls(method="platt", a=a, b=b, n=slides)
+            share = slides / max(len(y), 1)
+            b0 = float(np.log(max(y.sum(), 0.5) / max(len(y) - y.sum(), 0.5))) if balanced else 0.0
+            prior = (1.0, b0, float(prior_slides))
+            a, b = _platt(y, _logit(p), share, prior)
+            return cls(method="platt", a=a, b=b, n=slides, prior=prior if prior_slides > 0 else None)
         if method == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 
@@ -83,6 +96,8 @@ class Calibrator:
         d = {"method": self.method, "n": int(self.n)}
         if self.method == "platt":
             d.update(a=float(self.a), b=float(self.b))
+            if self.prior is not None:
+                d["prior"] = [float(v) for v in self.prior]
         else:
             d.update(knots_x=[float(v) for v in self.knots_x], knots_y=[float(v) for v in self.knots_y])
         return d
@@ -94,8 +109,11 @@ class Calibrator:
         method = need_str(need_key(d, "method", field), f"{field}.method", METHODS)
         n = need_int(d.get("n", 0), f"{field}.n", lo=0)
         if method == "platt":
+            prior = None
+            if d.get("prior") is not None:
+                prior = tuple(float(v) for v in need_array(d["prior"], f"{field}.prior", (3,)))
             return cls(method=method, a=float(need_number(need_key(d, "a", field), f"{field}.a")),
-                       b=float(need_number(need_key(d, "b", field), f"{field}.b")), n=n)
+                       b=float(need_number(need_key(d, "b", field), f"{field}.b")), n=n, prior=prior)
         x = need_array(need_key(d, "knots_x", field), f"{field}.knots_x", (None,))
         y = need_array(need_key(d, "knots_y", field), f"{field}.knots_y", (len(x),))
         if len(x) == 0:
@@ -107,23 +125,29 @@ class Calibrator:
         return cls(method=method, knots_x=x, knots_y=y, n=n)
 
 
-def _platt(y: np.ndarray, z: np.ndarray, share: float = 1.0) -> tuple[float, float]:
+def _platt(y: np.ndarray, z: np.ndarray, share: float = 1.0,
+           prior: tuple[float, float, float] = (1.0, 0.0, 0.0)) -> tuple[float, float]:
     """(a, b) of a logistic regression of y on the logit z, with Platt's smoothed targets (no overconfidence).
 
     ``share``: slides per (label, score) pair (1 / repeats when each slide is in the data once per repeat);
-    the targets' smoothing uses the class counts of slides, not of pairs.
+    the targets' smoothing uses the class counts of slides, not of pairs. ``prior``: (a0, b0, weight): a ridge
+    ``weight / 2 * ((a - a0)^2 + (b - b0)^2)`` on the per-slide log-loss (weight 0: none).
     """
     from scipy.optimize import minimize
 
     n1, n0 = float(y.sum()) * share, float(len(y) - y.sum()) * share
     t = np.where(y > 0.5, (n1 + 1) / (n1 + 2), 1 / (n0 + 2))
+    centre = np.array(prior[:2], dtype=np.float64)
+    lam = float(prior[2]) / max(share, 1e-12)  # the loss sums over pairs: the weight counts slides
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
         q = np.clip(_sigmoid(w[0] * z + w[1]), 1e-12, 1 - 1e-12)
         r = q - t
-        return float(-(t * np.log(q) + (1 - t) * np.log(1 - q)).sum()), np.array([(r * z).sum(), r.sum()])
+        d = w - centre
+        return (float(-(t * np.log(q) + (1 - t) * np.log(1 - q)).sum() + 0.5 * lam * (d @ d)),
+                np.array([(r * z).sum(), r.sum()]) + lam * d)
 
-    res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    res = minimize(loss, centre.copy() if lam > 0 else np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
     a, b = (float(v) for v in res.x)
     if not np.isfinite(a) or a <= 0:  # scores unrelated (or inverse) to the label: keep the ranking, fit the base rate
         a = 1e-3

@@ -107,6 +107,8 @@ class Classifier:
     """Base class (see module docstring)."""
 
     kind = "base"
+    #: fitted with class-balanced weights: its log-odds are the prior-weighted ones + log(n_neg / n_pos)
+    balanced = False
 
     def __init__(self, seed: int = 0, nthread: int = 1) -> None:
         self.seed = int(seed)
@@ -123,6 +125,7 @@ class XGBoostClassifier(Classifier):
     """Gradient-boosted trees (XGBoost), trees chosen by internal CV with early stopping."""
 
     kind = "xgboost"
+    balanced = True  # scale_pos_weight = n_neg / n_pos
 
     def __init__(self, seed=0, nthread=1, max_rounds=500, early_stopping=50, max_depth=3, eta=0.1,
                  subsample=0.8, colsample_bytree=0.8, min_child_weight=1.0):
@@ -309,6 +312,7 @@ class LogisticClassifier(_NumpyClassifier):
     """L2 (or elastic-net) logistic regression on standardised columns (sklearn fit, numpy inference)."""
 
     kind = "logreg"
+    balanced = True  # class_weight="balanced" (spca and blend inherit it)
 
     def __init__(self, seed=0, nthread=1, C: float = 1.0, penalty: str = "l2", l1_ratio: float = 0.5):
         super().__init__(seed, nthread)

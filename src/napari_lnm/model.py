@@ -1084,7 +1084,8 @@ def _train_calibrated(tables, y, config: TrainConfig, feature_names, clinical: p
         p = inner.oof[name].ravel()
         yy = np.tile(y, inner.oof[name].shape[0])
         ok = np.isfinite(p)
-        bundle.calibrator = Calibrator.fit(yy[ok], p[ok], config.calibration, slides=len(y))
+        bundle.calibrator = Calibrator.fit(yy[ok], p[ok], config.calibration, slides=len(y),
+                                           balanced=bundle.classifier.balanced)
         bundle.config["calibration"] = bundle.calibrator.method
     return bundle
 
