@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from napari_lnm.errors import ModelError
-from napari_lnm.model import PARTIAL, ROUTING_MARGIN_SE, SUBTYPE_INPUT, ClinicalEncoder, CVReport, ModelBundle, \
-    TrainConfig, cross_validate, train_model
+from napari_lnm.model import PARTIAL, SUBTYPE_INPUT, ClinicalEncoder, CVReport, ModelBundle, \
+    TrainConfig, cross_validate, routing_margin, train_model
 
 SUBTYPES = ("A", "B", "C", "D")
 FAST = dict(recipe="mean-none-logreg", calibration="platt", cv=3, n_bootstrap=100, min_subtype_slides=10)
@@ -68,16 +68,20 @@ def test_shifted_baseline_risk_routes_to_partial_and_never_loses_to_pooled():
     for name in "AC":
         assert b.config["subtype_choice"][name]["model"] in ("pooled", "partial"), b.subtype_routing[name]
     choice = b.config["subtype_choice"]["D"]
-    assert choice["gain_all_slides"]["partial"] > ROUTING_MARGIN_SE * choice["gain_se"]["partial"] > 0
+    margin = b.config["routing_margin_se"]
+    assert margin == pytest.approx(routing_margin(8), abs=1e-4) and 2.4 < margin < 2.6  # 4 subtypes x 2 candidates
+    assert choice["gain_all_slides"]["partial"] > margin * choice["gain_se"]["partial"] > 0
     rep = cross_validate(tables, y, config=cfg, subtypes=st)
     assert rep.auc_partial > rep.auc_pooled + 0.03  # the subtype itself carries risk the image cannot see
-    assert rep.auc > rep.auc_pooled and rep.subtype_choices["D"] == {"partial": 3}
+    # the Bonferroni margin trades some power for no false routings: D leaves pooled in at least one outer fold
+    assert rep.auc > rep.auc_pooled and rep.subtype_choices["D"].get("partial", 0) >= 1
+    assert set(rep.subtype_choices["D"]) <= {"partial", "pooled"}
     assert set(rep.subtype_aucs["D"]) == {"n", "routed", "pooled", "partial"}
     assert "probability_partial" in rep.oof_frame()
 
 
 def test_null_subtypes_keep_the_pooled_model():
-    """Subtypes that change nothing: every subtype keeps the pooled model (a gain must exceed 2 standard errors)."""
+    """Subtypes that change nothing: every subtype keeps the pooled model (a gain must exceed routing_margin standard errors)."""
     tables, y, st = routed_cohort(120, 5)
     b = train_model(tables, y, TrainConfig(per_subtype=True, **FAST), subtypes=st)
     assert all(b.config["subtype_choice"][n]["model"] == "pooled" for n in SUBTYPES), b.subtype_routing

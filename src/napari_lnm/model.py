@@ -1152,11 +1152,19 @@ def _subtype_config(config: TrainConfig, pooled: ModelBundle) -> TrainConfig:
 OWN = "own"  # routing choices as bundle.config["subtype_choice"] records them
 PARTIAL_KEY = "partial"
 ROUTING_ORDER = (POOLED, PARTIAL_KEY, OWN)  # simplest first: on equal gains the simpler model is kept
-#: a subtype leaves the pooled model only for one that raises the inner-CV AUC of all slides by more than this
-#: many bootstrap standard errors of the gain (1 SE still lost ~0.01 AUC to pooled on synth cohorts: the slide
-#: bootstrap ignores the variance of refitting, docs/benchmarks.md)
-ROUTING_MARGIN_SE = 2.0
+#: a subtype leaves the pooled model only for one that raises the inner-CV AUC of all slides by more than
+#: routing_margin(k) bootstrap standard errors of the gain: a one-sided test at this level, Bonferroni-corrected
+#: over the k (subtype, candidate) comparisons of one training set. Without the correction, one of the ~8
+#: comparisons of a 4-subtype cohort passes by chance every few folds and the routed AUC falls below pooled.
+ROUTING_ALPHA = 0.05
 ROUTING_BOOTSTRAP = 200
+
+
+def routing_margin(comparisons: int) -> float:
+    """Standard errors a routing gain must exceed when ``comparisons`` (subtype, candidate) pairs are tested."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1.0 - ROUTING_ALPHA / max(int(comparisons), 1)))
 
 
 @dataclass
@@ -1260,12 +1268,12 @@ def _finite_auc(y: np.ndarray, p: np.ndarray) -> float:
     return roc_auc(y, p) if len(p) and np.isfinite(p).all() else float("nan")
 
 
-def _pick_route(scores: RouteScores, exclude: tuple[str, ...] = ()) -> str:
-    """The model whose gain over pooled is largest and above ROUTING_MARGIN_SE standard errors; else pooled."""
+def _pick_route(scores: RouteScores, margin: float, exclude: tuple[str, ...] = ()) -> str:
+    """The model whose gain over pooled is largest and above ``margin`` standard errors; else pooled."""
     best, best_gain = POOLED, 0.0
     for k in ROUTING_ORDER[1:]:
         g, se = scores.gain.get(k, np.nan), scores.se.get(k, np.nan)
-        if k not in exclude and np.isfinite(g) and np.isfinite(se) and g > ROUTING_MARGIN_SE * se and g > best_gain:
+        if k not in exclude and np.isfinite(g) and np.isfinite(se) and g > margin * se and g > best_gain:
             best, best_gain = k, g
     return best
 
@@ -1312,6 +1320,7 @@ def _route_subtypes(bundle: ModelBundle, tables, y, subtypes, config: TrainConfi
     if partial:
         bundle.partial = _train_partial(tables, y, st, own_cfg, feature_names, clinical, groups)
     choices = {}
+    margin = routing_margin(sum(v is None for v in small.values()) * (2 if partial else 1))
     for i, name in enumerate(names):
         check_stop(should_stop)
         report(progress, i, len(names), f"subtype {name}")
@@ -1320,7 +1329,7 @@ def _route_subtypes(bundle: ModelBundle, tables, y, subtypes, config: TrainConfi
             bundle.subtype_routing[name] = small[name]
             continue
         scores = inner.get(name)
-        pick = _pick_route(scores) if chosen else OWN
+        pick = _pick_route(scores, margin) if chosen else OWN
         if pick == OWN:
             sub_cfg = own_cfg if chosen else TrainConfig.from_dict({**config.to_dict(), "per_subtype": False})
             sub = _train_calibrated([tables[j] for j in idx], y[idx], sub_cfg, feature_names,
@@ -1331,7 +1340,7 @@ def _route_subtypes(bundle: ModelBundle, tables, y, subtypes, config: TrainConfi
                 if not chosen:
                     bundle.subtype_routing[name] = f"{POOLED} (own model on {len(idx)} slides learnt nothing)"
                     continue
-                pick = _pick_route(scores, exclude=(OWN,))
+                pick = _pick_route(scores, margin, exclude=(OWN,))
             else:
                 bundle.subtype_models[name] = sub
         if chosen:
@@ -1342,6 +1351,7 @@ def _route_subtypes(bundle: ModelBundle, tables, y, subtypes, config: TrainConfi
     bundle.config["subtype_routing"] = bundle.subtype_routing
     if choices:
         bundle.config["subtype_choice"] = choices
+        bundle.config["routing_margin_se"] = round(margin, 4)
 
 
 def _routing_note(pick: str, n: int, scores: RouteScores | None) -> str:
