@@ -76,7 +76,7 @@ def oracle_auc(y: np.ndarray, severity: np.ndarray, seed: int) -> float:
 def parse_seeds(text: str) -> list[int]:
     """'0-3', '0,1,2,3' or '0-2,7' -> the seeds as a list of ints."""
     out = []
-    for part in text.split(","):
+    for part in filter(None, text.split(",")):
         lo, _, hi = part.partition("-")
         out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
     return out
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for n in [int(v) for v in args.sizes.split(",") if v]:
-        for seed in [int(v) for v in args.seeds.split(",") if v]:
+        for seed in parse_seeds(args.seeds):
             idx = subset(y, n, seed)
             orc = oracle_auc(y[idx], sev[idx], seed)
             for name, kw in configs.items():
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
                   f"({ece_noise_floor(pp, seed=0):.3f}) | {g.time.mean():.0f} |")
     if args.curve:
         learning_curve(tables, y, st, sev, [int(v) for v in args.curve.split(",")],
-                       [int(v) for v in args.seeds.split(",") if v], args.holdout, args.threads)
+                       parse_seeds(args.seeds), args.holdout, args.threads)
     return 0
 
 

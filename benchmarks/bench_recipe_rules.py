@@ -11,7 +11,7 @@ the default rule, the calibrators (Platt on the stacked inner out-of-fold probab
 with its smoothed targets from the slides' class counts, the same from the pairs' counts,
 Platt on one repeat, isotonic, beta, temperature, Platt with the logit scale matched
 from the inner models to the final model, none). ``default`` reproduces ``train``'s default
-(1-SE rule, 3 repeats, Platt) exactly. Run::
+(1-SE rule, 3 repeats, Platt) exactly for a cohort without subtypes (the subtype recipes are left out). Run::
 
     OMP_NUM_THREADS=1 nice python benchmarks/bench_recipe_rules.py --cohort C/cohort.csv --features F \\
         --cohort-seed 16 --positive-fraction 0.333 --sizes 60,160 --seeds 0-15 --cache /tmp/rules
@@ -37,10 +37,10 @@ import numpy as np  # noqa: E402
 from bench_recipe import latent_severity, oracle_auc, parse_seeds, subset  # noqa: E402
 from napari_lnm import recipe as recipes  # noqa: E402
 from napari_lnm.calibration import Calibrator, ece_noise_floor, expected_calibration_error  # noqa: E402
-from napari_lnm.classifiers import inner_folds  # noqa: E402
+from napari_lnm.classifiers import inner_folds, make_classifier  # noqa: E402
 from napari_lnm.fusion import tile_tables  # noqa: E402
-from napari_lnm.model import InnerCV, TrainConfig, choose_recipe, infer_feature_names, load_feature_tables, \
-    read_cohort_csv, roc_auc  # noqa: E402
+from napari_lnm.model import InnerCV, TrainConfig, candidates, choose_recipe, infer_feature_names, \
+    load_feature_tables, read_cohort_csv, roc_auc  # noqa: E402
 # the steps train_model runs, called one by one to cache every recipe's predictions on the same folds
 from napari_lnm.model import _fit_fusion, _fit_head, _folds  # noqa: E402, PLC2701
 
@@ -58,7 +58,7 @@ def cache_subset(tables, y_all, sev, fn, n: int, seed: int, repeats: int) -> dic
     """Inner-CV and outer-test predictions of every grid recipe for one (slides, seed) subset."""
     idx = subset(y_all, n, seed)
     y, tt = y_all[idx], [tables[i] for i in idx]
-    cands = TrainConfig(seed=seed, recipe="auto").candidates()
+    cands = candidates(TrainConfig(seed=seed, recipe="auto"), None)  # the grid train uses without subtypes
     fold, _ = _folds(y, None, 5, seed)
     folds = []
     for k in range(5):
@@ -111,14 +111,15 @@ def _calibrate(f: dict, y_tr, nm: str, R: int, how: str) -> np.ndarray:
     yy = np.tile(y_tr, len(reps))
     pp = np.concatenate([r["oof"][nm] for r in reps])
     t = f["test"][nm]
+    bal = make_classifier(recipes.get(nm).classifier).balanced  # Platt's prior centre, as train sets it
     if how == "none":
         return t
     if how == "platt-1":
-        return Calibrator.fit(y_tr, reps[0]["oof"][nm], "platt").apply(t)
+        return Calibrator.fit(y_tr, reps[0]["oof"][nm], "platt", balanced=bal).apply(t)
     if how == "platt-pairs":  # stacked, but Platt's smoothed targets from the pairs' class counts
-        return Calibrator.fit(yy, pp, "platt").apply(t)
+        return Calibrator.fit(yy, pp, "platt", balanced=bal).apply(t)
     if how in ("platt", "isotonic"):
-        return Calibrator.fit(yy, pp, how, slides=len(y_tr)).apply(t)
+        return Calibrator.fit(yy, pp, how, slides=len(y_tr), balanced=bal).apply(t)
     if how == "beta":  # logistic regression on (ln p, -ln(1 - p))
         from sklearn.linear_model import LogisticRegression
 
@@ -133,7 +134,7 @@ def _calibrate(f: dict, y_tr, nm: str, R: int, how: str) -> np.ndarray:
               for a in grid]
         return _sigmoid(grid[int(np.argmin(ll))] * _logit(t))
     if how == "platt-scaled":  # Platt, the final model's logits mapped onto the inner models' scale first
-        c = Calibrator.fit(yy, pp, "platt", slides=len(y_tr))
+        c = Calibrator.fit(yy, pp, "platt", slides=len(y_tr), balanced=bal)
         s = np.array([v for r in reps for v in r["spread"][nm]])
         mi, si = s[:, 0].mean(), s[:, 1].mean()
         mf, sf = f["final"][nm]
@@ -194,7 +195,6 @@ def main(argv=None) -> int:
     rules = [("before: best of 1 inner CV", recipes.BEST, 1), (f"best of {R} inner CVs", recipes.BEST, R)]
     rules += [(f"1-SE rule, {r} inner CV(s)", recipes.ONE_SE, r) for r in range(1, R + 1)]
     rules += [(f"mean of the top-3 recipes, {R} inner CVs", "top3", R)]
-    rules += [(f"{nm}, fixed", nm, R) for nm in recipes.SIMPLEST_FIRST]
     cals = ["platt", "platt-pairs", "platt-1", "isotonic", "beta", "temperature", "platt-scaled", "none"]
     for n in [int(v) for v in args.sizes.split(",") if v]:
         data = []
@@ -210,7 +210,8 @@ def main(argv=None) -> int:
         print("| choice rule (Platt) | mean AUC | mean gap to oracle (worst) | seeds within 0.04 | vs before (SE) | "
               "mean ECE | mean ECE floor |\n|---|---|---|---|---|---|---|")
         base = [score(d, recipes.BEST, 1) for d in data]
-        for label, rule, r in rules:
+        fixed = [(f"{nm}, fixed", nm, R) for nm in recipes.SIMPLEST_FIRST if nm in data[0]["names"]]
+        for label, rule, r in rules + fixed:
             rs = base if (rule, r) == (recipes.BEST, 1) else [score(d, rule, r) for d in data]
             gap = np.array([s["gap"] for s in rs])
             diff = np.array([s["auc"] - b["auc"] for s, b in zip(rs, base)])

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench_recipe import subset  # noqa: E402
+from bench_recipe import parse_seeds, subset  # noqa: E402
 from napari_lnm.model import TrainConfig, cross_validate, load_feature_tables, read_cohort_csv  # noqa: E402
 
 PLANTED_SUBTYPES = ("A", "B", "C", "D")
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         raise SystemExit("give one --features per --cohort")
     kw = dict(recipe=args.recipe, calibration=args.calibration, nthread=args.threads)
     sizes = [int(v) for v in args.sizes.split(",") if v]
-    seeds = [int(v) for v in args.seeds.split(",") if v]
+    seeds = parse_seeds(args.seeds)
     print(f"recipe {args.recipe}, calibration {args.calibration}, 5-fold nested CV, min 10 slides per subtype\n")
     print("| cohort | slides | seed | pooled AUC | routed AUC | partial AUC | routed − pooled | partial − pooled | "
           "routing (outer folds x subtypes) | time s |\n|---|---|---|---|---|---|---|---|---|---|")
